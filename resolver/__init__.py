@@ -1,0 +1,19 @@
+"""Alias-chain resolution for lehnz identity stitching, usable on its own."""
+
+from .cache import AliasCache
+from .links import LinkOutcome, LinkRules
+from .placeholders import PlaceholderRule
+from .resolver import DEFAULT_KEY_PREFIX, DEFAULT_MAX_DEPTH, Resolver
+from .walk import End, walk
+
+__all__ = [
+    "DEFAULT_KEY_PREFIX",
+    "DEFAULT_MAX_DEPTH",
+    "AliasCache",
+    "End",
+    "LinkOutcome",
+    "LinkRules",
+    "PlaceholderRule",
+    "Resolver",
+    "walk",
+]

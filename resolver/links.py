@@ -1,0 +1,33 @@
+"""Link outcomes and the client-side half of the link rules (placeholders, self-links).
+
+The server-side half (first link stands, no cycles) lives in ``lua/link_rules.lua`` so
+that the check and the write are one atomic step however many replicas race.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import Enum
+
+from .placeholders import PlaceholderRule
+
+__all__ = ["LinkOutcome", "LinkRules"]
+
+
+class LinkOutcome(str, Enum):
+    APPLIED = "applied"
+    NOOP = "noop"
+    """previous_user_id == user_id, or the same link again."""
+    CONFLICT = "conflict"
+    """previous_user_id already links elsewhere: the first link stands."""
+    CYCLE = "cycle"
+    """previous_user_id is reachable from user_id (or the chain is deeper than the cap)."""
+    PLACEHOLDER = "placeholder"
+    """Either side is a placeholder id such as "null" or "anonymous"."""
+
+
+class LinkRules:
+    __slots__ = ("is_placeholder",)
+
+    def __init__(self, extra_placeholders: Iterable[str] = ()) -> None:
+        self.is_placeholder = PlaceholderRule(extra_placeholders)

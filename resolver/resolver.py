@@ -1,0 +1,160 @@
+"""The alias resolver: batch chain resolution over Redis with a path-compressed cache.
+
+Usable on its own by downstream consumers::
+
+    from resolver import Resolver
+    resolver = Resolver(redis.Redis(), cache_size=100_000)
+    resolver.resolve_many("acme", ["anon-1", "anon-2"])
+
+Misses of a whole call are fetched one HMGET per tenant per hop level, pipelined, so a
+batch costs one round trip per level of its deepest cold chain, never one per hop per id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+
+from .cache import AliasCache
+from .links import LinkOutcome, LinkRules
+from .scripts import LINK_LUA
+from .walk import End, walk
+
+__all__ = ["DEFAULT_KEY_PREFIX", "DEFAULT_MAX_DEPTH", "Resolver"]
+
+DEFAULT_KEY_PREFIX = "alias:"
+"""The contract's key: ``alias:<tenant>``. Add a hash tag (``{lehnz}alias:``) for Cluster."""
+DEFAULT_MAX_DEPTH = 32
+"""Real chains are 1-4 links (anonymous -> real -> merged); 32 only bounds corrupt data."""
+
+Wanted = dict[str, set[str]]
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else bytes(value).decode("utf-8", "surrogateescape")
+
+
+class Resolver:
+    """Resolves ids to the end of their alias chain; safe against foreign cycles."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        cache: AliasCache | None = None,
+        cache_size: int = 100_000,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        rules: LinkRules | None = None,
+    ) -> None:
+        self.client = client
+        self.key_prefix = key_prefix
+        self.cache = cache if cache is not None else AliasCache(cache_size)
+        self.max_depth = max_depth
+        self.rules = rules if rules is not None else LinkRules()
+        self.round_trips = 0
+        self.cycles = 0
+        self._link_script = client.register_script(LINK_LUA)
+
+    def key(self, tenant: str) -> str:
+        return self.key_prefix + tenant
+
+    def fetch(self, wanted: Wanted, *, refresh: bool = False) -> None:
+        """Learn the links of ``wanted`` ids and follow them to roots.
+
+        With ``refresh`` every id met is read from Redis once in this call, so roots the
+        cache already held are re-verified; without it only unknown ids are read.
+        """
+        seen: Wanted = {}
+        rounds = 0
+        while wanted and rounds <= self.max_depth:
+            order = [(tenant, list(ids)) for tenant, ids in wanted.items()]
+            pipe = self.client.pipeline(transaction=False)
+            for tenant, ids in order:
+                pipe.hmget(self.key(tenant), ids)
+            replies = pipe.execute()
+            rounds += 1
+            wanted = {}
+            for (tenant, ids), values in zip(order, replies, strict=True):
+                seen.setdefault(tenant, set()).update(ids)
+                self._learn(tenant, ids, values, wanted, seen[tenant] if refresh else None)
+        self.round_trips += rounds
+
+    def _learn(
+        self,
+        tenant: str,
+        ids: list[str],
+        values: list[Any],
+        wanted: Wanted,
+        seen: set[str] | None,
+    ) -> None:
+        cache = self.cache
+        for uid, value in zip(ids, values, strict=True):
+            if value is None:
+                cache.put(tenant, uid, uid)
+                continue
+            target = _text(value)
+            cache.put(tenant, uid, target)
+            follow = target not in seen if seen is not None else cache.get(tenant, target) is None
+            if follow:
+                wanted.setdefault(tenant, set()).add(target)
+
+    def resolve_many(self, tenant: str, ids: Sequence[str]) -> list[str]:
+        """Resolve ``ids`` of one tenant, re-verifying cached roots against Redis."""
+        ends = {self._walk(tenant, uid)[0] for uid in ids}
+        self.fetch({tenant: ends}, refresh=True)
+        return [self._resolve_local(tenant, uid) for uid in ids]
+
+    def resolve(self, tenant: str, uid: str) -> str:
+        return self.resolve_many(tenant, [uid])[0]
+
+    def _walk(self, tenant: str, uid: str) -> tuple[str, End, int, bool]:
+        return walk(self.cache, tenant, uid, self.max_depth)
+
+    def _resolve_local(self, tenant: str, uid: str) -> str:
+        end, how, hops, _ = self._walk(tenant, uid)
+        if how is End.CYCLE:
+            self.cycles += 1
+        elif hops > 1:
+            self.cache.put(tenant, uid, end)
+        return end
+
+    def chain(self, tenant: str, uid: str) -> list[str]:
+        """The whole path from ``uid`` to its root, read from Redis (uncached, for humans)."""
+        path = [uid]
+        seen = {uid}
+        key = self.key(tenant)
+        while len(path) <= self.max_depth:
+            value = self.client.hget(key, path[-1])
+            if value is None:
+                break
+            target = _text(value)
+            path.append(target)
+            if target in seen:
+                break
+            seen.add(target)
+        return path
+
+    def link(self, tenant: str, previous_user_id: str, user_id: str) -> LinkOutcome:
+        """Apply one link atomically under the forest rules (placeholders refused here)."""
+        if self.rules.is_placeholder(previous_user_id) or self.rules.is_placeholder(user_id):
+            return LinkOutcome.PLACEHOLDER
+        if previous_user_id == user_id:
+            return LinkOutcome.NOOP
+        reply = self._link_script(
+            keys=[self.key(tenant)], args=[self.max_depth, previous_user_id, user_id]
+        )
+        outcome = LinkOutcome(_text(reply[0]))
+        if outcome is LinkOutcome.APPLIED:
+            self.cache.put(tenant, previous_user_id, user_id)
+        return outcome
+
+    def forget(self, tenants: Iterable[str] | None = None) -> None:
+        """Drop cached paths (all, or of some tenants): call after removing links."""
+        if tenants is None:
+            self.cache.clear()
+            return
+        for tenant in tenants:
+            self.cache.forget_tenant(tenant)

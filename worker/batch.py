@@ -1,0 +1,200 @@
+"""Turn one batch of parsed entries into a commit plan, resolving in stream order.
+
+Stream order for one replica: an identify applies to every later event, including later
+events of the same batch. The planner predicts each link's outcome from the cache (whose
+hops are immutable facts) plus an overlay of the batch's own earlier links, and lists every
+root it relied on; the commit script re-checks those roots and predictions atomically and
+refuses the whole batch if any is stale, so a cache can never emit a stale resolution.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from resolver import AliasCache, End, Resolver, walk
+from resolver.links import LinkOutcome, LinkRules
+
+from .schema import Entry, Kind
+
+__all__ = ["Plan", "Planner"]
+
+F_RESOLVED = b"resolved_user_id"
+F_SOURCE = b"source_id"
+F_ERROR = b"error"
+F_ERROR_CODE = b"error_code"
+EMIT, DEAD, ACK = b"e", b"d", b"a"
+
+
+class Plan:
+    """Everything one commit needs, plus what to learn once it succeeds."""
+
+    __slots__ = ("alias_keys", "entries", "links", "local_outcomes", "n_emit", "n_entries",
+                 "tenants", "verify")
+
+    def __init__(self) -> None:
+        self.tenants: dict[str, int] = {}
+        self.alias_keys: list[str] = []
+        self.verify: list[Any] = []
+        self.links: list[Any] = []
+        self.entries: list[Any] = []
+        self.local_outcomes: list[LinkOutcome] = []
+        self.n_emit = 0
+        self.n_entries = 0
+
+    def ack_only(self, entry_id: bytes) -> None:
+        self.entries.extend((entry_id, ACK, 0))
+        self.n_entries += 1
+
+    def key_index(self, tenant: str, key_prefix: str) -> int:
+        index = self.tenants.get(tenant)
+        if index is None:
+            self.alias_keys.append(key_prefix + tenant)
+            index = self.tenants[tenant] = 3 + len(self.alias_keys)
+        return index
+
+    @property
+    def n_verify(self) -> int:
+        return len(self.verify) // 2
+
+    @property
+    def n_links(self) -> int:
+        return len(self.links) // 4
+
+    def applied_links(self) -> list[tuple[str, str, str]]:
+        """(tenant, prev, user) of the links this plan predicts will apply."""
+        by_index = {index: tenant for tenant, index in self.tenants.items()}
+        links = self.links
+        return [
+            (by_index[links[i]], links[i + 1], links[i + 2])
+            for i in range(0, len(links), 4)
+            if links[i + 3] == b"1"
+        ]
+
+
+class Planner:
+    """Resolves a batch and builds its :class:`Plan`; owns no I/O but the resolver's fetch."""
+
+    __slots__ = ("cache", "cache_hits", "cache_misses", "cycles", "depths", "forward_identify",
+                 "key_prefix", "max_depth", "resolver", "rules")
+
+    def __init__(self, resolver: Resolver, rules: LinkRules, *, forward_identify: bool) -> None:
+        self.resolver = resolver
+        self.cache: AliasCache = resolver.cache
+        self.key_prefix = resolver.key_prefix
+        self.max_depth = resolver.max_depth
+        self.rules = rules
+        self.forward_identify = forward_identify
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.cycles = 0
+        self.depths: list[int] = []
+
+    def plan(self, entries: list[Entry]) -> Plan:
+        cold = self._prefetch(entries)
+        plan = Plan()
+        overlay: dict[str, dict[str, str]] = {}
+        verified: set[tuple[str, str]] = set()
+        for entry in entries:
+            if entry.kind is Kind.EVENT:
+                root = self._resolve(plan, verified, entry.tenant, entry.user_id, overlay, cold)
+                self._emit(plan, entry, root)
+            elif entry.kind is Kind.IDENTIFY:
+                self._identify(plan, verified, entry, overlay, cold)
+            elif entry.kind is Kind.INVALID:
+                self._dead(plan, entry)
+            else:
+                plan.ack_only(entry.id)
+        return plan
+
+    def _prefetch(self, entries: list[Entry]) -> set[tuple[str, str]]:
+        """Fetch every chain the batch needs that the cache cannot finish; return cold ids."""
+        cache, depth = self.cache, self.max_depth
+        wanted: dict[str, set[str]] = {}
+        cold: set[tuple[str, str]] = set()
+        for entry in entries:
+            if entry.kind is Kind.EVENT:
+                ids: tuple[str, ...] = (entry.user_id,)
+            elif entry.kind is Kind.IDENTIFY:
+                ids = (entry.user_id, entry.previous_user_id)
+            else:
+                continue
+            tenant = entry.tenant
+            for uid in ids:
+                end, how = walk(cache, tenant, uid, depth)[:2]
+                if how is End.UNKNOWN:
+                    wanted.setdefault(tenant, set()).add(end)
+                    cold.add((tenant, uid))
+        self.cache_misses += len(cold)
+        if wanted:
+            self.resolver.fetch(wanted)
+        return cold
+
+    def _resolve(
+        self,
+        plan: Plan,
+        verified: set[tuple[str, str]],
+        tenant: str,
+        uid: str,
+        overlay: dict[str, dict[str, str]],
+        cold: set[tuple[str, str]],
+    ) -> str:
+        end, how, hops, used_overlay = walk(
+            self.cache, tenant, uid, self.max_depth, overlay.get(tenant)
+        )
+        if how is End.ROOT:
+            if (tenant, end) not in verified:
+                verified.add((tenant, end))
+                plan.verify.extend((plan.key_index(tenant, self.key_prefix), end))
+            if hops > 1 and not used_overlay:
+                self.cache.put(tenant, uid, end)
+        else:
+            self.cycles += 1
+        if (tenant, uid) in cold:
+            cold.discard((tenant, uid))
+            self.depths.append(hops)
+        else:
+            self.cache_hits += 1
+        return end
+
+    def _identify(
+        self,
+        plan: Plan,
+        verified: set[tuple[str, str]],
+        entry: Entry,
+        overlay: dict[str, dict[str, str]],
+        cold: set[tuple[str, str]],
+    ) -> None:
+        tenant, prev, user = entry.tenant, entry.previous_user_id, entry.user_id
+        is_placeholder = self.rules.is_placeholder
+        if is_placeholder(prev) or is_placeholder(user):
+            plan.local_outcomes.append(LinkOutcome.PLACEHOLDER)
+        elif prev == user:
+            plan.local_outcomes.append(LinkOutcome.NOOP)
+        else:
+            prev_end = self._resolve(plan, verified, tenant, prev, overlay, cold)
+            user_end = self._resolve(plan, verified, tenant, user, overlay, cold)
+            applies = prev_end == prev and user_end != prev
+            if applies:
+                overlay.setdefault(tenant, {})[prev] = user
+            plan.links.extend(
+                (plan.key_index(tenant, self.key_prefix), prev, user, b"1" if applies else b"0")
+            )
+        if self.forward_identify:
+            self._emit(plan, entry, self._resolve(plan, verified, tenant, user, overlay, cold))
+        else:
+            plan.ack_only(entry.id)
+
+    @staticmethod
+    def _emit(plan: Plan, entry: Entry, root: str) -> None:
+        fields = entry.fields or []
+        plan.entries.extend((entry.id, EMIT, len(fields) + 4, *fields, F_RESOLVED, root, F_SOURCE,
+                             entry.id))
+        plan.n_emit += 1
+        plan.n_entries += 1
+
+    @staticmethod
+    def _dead(plan: Plan, entry: Entry) -> None:
+        fields = entry.fields or []
+        plan.entries.extend((entry.id, DEAD, len(fields) + 6, *fields, F_ERROR, entry.error,
+                             F_ERROR_CODE, entry.error_code, F_SOURCE, entry.id))
+        plan.n_entries += 1

@@ -1,0 +1,100 @@
+"""One frozen, typed configuration built from the environment (and CLI flags), validated once."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+import msgspec
+
+from .errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings", "env_name"]
+
+ENV_PREFIX = "STITCH_"
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+def _default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every setting; the environment variable is ``STITCH_`` + the upper-cased name."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    input_stream: Name = "events"
+    output_stream: Name = "events:enriched"
+    dead_stream: Name = "events:dead"
+    alias_prefix: Name = "alias:"
+    group: Name = "stitch"
+    group_start_id: Name = "0"
+    consumer: Name = msgspec.field(default_factory=_default_consumer)
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    block_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 2_000
+    cache_size: Annotated[int, msgspec.Meta(ge=2)] = 1_000_000
+    max_chain_depth: Annotated[int, msgspec.Meta(ge=1, le=1_000)] = 32
+    max_event_bytes: PositiveInt = 64 * 1024
+    forward_identify: bool = False
+    extra_placeholders: str = ""
+    output_maxlen: NonNegativeInt = 10_000_000
+    dead_maxlen: NonNegativeInt = 1_000_000
+    claim_idle_ms: PositiveInt = 60_000
+    claim_interval_ms: PositiveInt = 5_000
+    max_deliveries: PositiveInt = 5
+    consumer_idle_ms: PositiveInt = 3_600_000
+    shutdown_timeout: Annotated[float, msgspec.Meta(gt=0)] = 25.0
+    reconnect_give_up_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65_535)] = 9108
+    metrics_addr: str = "0.0.0.0"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    def __post_init__(self) -> None:
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"{env_name('redis_url')}: expected a redis://, rediss:// or unix:// URL, "
+                f"got {self.redis_url!r}"
+            )
+
+    @property
+    def placeholders(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.extra_placeholders.split(",") if p.strip())
+
+    @property
+    def socket_timeout_s(self) -> float:
+        """Always above BLOCK, so a blocking read can never time out the socket."""
+        return self.block_ms / 1000 + 5.0
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, object] | None = None
+    ) -> Settings:
+        """Build from ``STITCH_*`` variables, then ``overrides`` (CLI flags) on top."""
+        env = os.environ if env is None else env
+        raw: dict[str, object] = {}
+        for name in cls.__struct_fields__:
+            value = env.get(env_name(name))
+            if value is not None and value != "":
+                raw[name] = value.lower() if name in ("log_level", "log_format") else value
+        raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        try:
+            return msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(_name_setting(str(exc))) from None
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _name_setting(message: str) -> str:
+    """Rewrite msgspec's ``- at `$.batch_size``` into the variable the operator set."""
+    head, sep, path = message.rpartition(" - at `$.")
+    if not sep:
+        return message
+    return f"{env_name(path.rstrip('`'))}: {head}"

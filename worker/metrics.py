@@ -1,0 +1,160 @@
+"""Prometheus metrics on an explicit registry: one ``stitch_`` prefix, base units, no ids as labels."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["DEAD_LETTER_REASONS", "IDENTIFY_OUTCOMES", "GroupStats", "Metrics"]
+
+IDENTIFY_OUTCOMES = ("applied", "noop", "conflict", "cycle", "placeholder")
+DEAD_LETTER_REASONS = (
+    "missing_event", "event_not_utf8", "event_not_json", "event_not_object", "event_too_large",
+    "missing_tenant", "invalid_tenant", "missing_user_id", "invalid_user_id",
+    "missing_event_family", "invalid_event_family", "missing_event_name", "invalid_event_name",
+    "identify_not_system", "missing_previous_user_id", "invalid_previous_user_id",
+    "max_deliveries_exceeded", "invalid_event",
+)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+DEPTH_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 16, 32)
+
+
+
+class GroupStats(NamedTuple):
+    lag: int | None
+    """None when Redis reports lag as NULL (after some XDEL/XTRIM): unknown, not zero."""
+    pending: int
+    consumers: list[tuple[str, int, float]]
+    """(name, pending entries, idle seconds) of every consumer in the group."""
+
+
+class _GroupCollector(Collector):
+    """Reads XINFO GROUPS at scrape time, so the gauges are never older than the scrape."""
+
+    def __init__(self, read_stats: Callable[[], GroupStats]) -> None:
+        self._read_stats = read_stats
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        try:
+            stats = self._read_stats()
+        except Exception:  # a scrape must not fail because Redis is down
+            return
+        if stats.lag is not None:
+            yield GaugeMetricFamily(
+                "stitch_group_lag", "Entries in the input stream not yet delivered to the group.",
+                value=stats.lag,
+            )
+        yield GaugeMetricFamily(
+            "stitch_group_pending", "Entries delivered to the group but not yet acked.",
+            value=stats.pending,
+        )
+        pending = GaugeMetricFamily(
+            "stitch_consumer_pending", "Pending entries per consumer of the group.",
+            labels=["consumer"],
+        )
+        idle = GaugeMetricFamily(
+            "stitch_consumer_idle_seconds", "Seconds since each consumer last read.",
+            labels=["consumer"],
+        )
+        for name, count, idle_s in stats.consumers:
+            pending.add_metric([name], count)
+            idle.add_metric([name], idle_s)
+        yield pending
+        yield idle
+
+
+class Metrics:
+    """Every metric lehnz-stitch exports."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()  # *_created series only double the scrape for counters
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.entries_read = Counter("stitch_entries_read", "Stream entries read.", registry=r)
+        self.events_emitted = Counter(
+            "stitch_events_emitted", "Enriched events written to the output stream.", registry=r
+        )
+        self.dead_letters = Counter(
+            "stitch_dead_letters", "Entries written to the dead-letter stream, by reason code.",
+            ["reason"], registry=r,
+        )
+        self.identify = Counter(
+            "stitch_identify", "Identify events by link outcome.", ["outcome"], registry=r
+        )
+        self.reclaimed = Counter(
+            "stitch_entries_reclaimed", "Entries claimed from idle consumers (XAUTOCLAIM).",
+            registry=r,
+        )
+        self.redeliveries = Counter(
+            "stitch_redeliveries",
+            "Entries read again after an earlier delivery (own pending list or reclaimed).",
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "stitch_duplicates_suppressed",
+            "Entries whose commit found them already acked, so nothing was emitted again.",
+            registry=r,
+        )
+        self.deleted_pending = Counter(
+            "stitch_deleted_pending",
+            "Pending entries whose payload was deleted or trimmed; acked without output.",
+            registry=r,
+        )
+        self.stale_commits = Counter(
+            "stitch_stale_commits",
+            "Commits refused because another replica changed a link first; retried.",
+            registry=r,
+        )
+        self.reconnects = Counter("stitch_reconnects", "Successful reconnects to Redis.", registry=r)
+        self.consumers_removed = Counter(
+            "stitch_consumers_removed", "Idle consumers with nothing pending removed from the group.",
+            registry=r,
+        )
+        self.resolver_cycles = Counter(
+            "stitch_resolver_cycles",
+            "Resolutions that met a cycle or exceeded the depth cap in the alias map.", registry=r,
+        )
+        self.cache_hits = Counter(
+            "stitch_resolver_cache_hits", "Ids resolved from the in-process cache.", registry=r
+        )
+        self.cache_misses = Counter(
+            "stitch_resolver_cache_misses", "Ids whose chain had to be read from Redis.", registry=r
+        )
+        self.cache_entries = Gauge(
+            "stitch_resolver_cache_entries", "Entries in the in-process alias cache.", registry=r
+        )
+        self.batch_seconds = Histogram(
+            "stitch_batch_duration_seconds", "Time to process and commit one batch.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.delay_seconds = Histogram(
+            "stitch_end_to_end_delay_seconds",
+            "From the input entry's id time to its emit (commit).", buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.chain_depth = Histogram(
+            "stitch_chain_depth", "Links walked for ids whose chain was read from Redis.",
+            buckets=DEPTH_BUCKETS, registry=r,
+        )
+        self.last_commit = Gauge(
+            "stitch_last_commit_timestamp_seconds", "Unix time of the last successful commit.",
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "stitch_redis_connected", "1 while the worker's Redis connection works.", registry=r
+        )
+        for outcome in IDENTIFY_OUTCOMES:
+            self.identify.labels(outcome)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
+
+    def watch_group(self, read_stats: Callable[[], GroupStats]) -> None:
+        self.registry.register(_GroupCollector(read_stats))
+
+    def committed(self) -> None:
+        self.last_commit.set(time.time())

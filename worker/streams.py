@@ -1,0 +1,99 @@
+"""Thin, allocation-light wrappers over the stream commands the worker uses.
+
+Replies are taken raw (hiredis-parsed lists of bytes): redis-py's per-entry dict building
+costs more than everything else the worker does with an entry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.exceptions import ResponseError
+
+__all__ = ["RawEntry", "Streams"]
+
+RawEntry = tuple[bytes, list[bytes] | None]
+"""(entry id, flat field/value list), or None as payload for an entry deleted while pending."""
+
+
+def _raw(response: Any, **_: Any) -> Any:
+    return response
+
+
+class Streams:
+    """One input stream read by one consumer of one group."""
+
+    __slots__ = ("client", "consumer", "group", "stream")
+
+    def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str) -> None:
+        for command in ("XREADGROUP", "XAUTOCLAIM", "XPENDING", "XINFO CONSUMERS", "XINFO GROUPS"):
+            client.set_response_callback(command, _raw)
+        self.client = client
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+
+    def ensure_group(self, start_id: str) -> bool:
+        """Create the group (and the stream); return False if it already existed."""
+        try:
+            self.client.execute_command(
+                "XGROUP", "CREATE", self.stream, self.group, start_id, "MKSTREAM"
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" in str(exc):
+                return False
+            raise
+        return True
+
+    def read(self, count: int, block_ms: int | None, start: str = ">") -> list[RawEntry]:
+        """XREADGROUP; ``start`` ``>`` reads new entries, an id re-reads our own pending ones."""
+        args: list[Any] = ["GROUP", self.group, self.consumer, "COUNT", count]
+        if block_ms is not None:
+            args += ["BLOCK", block_ms]
+        reply = self.client.execute_command("XREADGROUP", *args, "STREAMS", self.stream, start)
+        if not reply:
+            return []
+        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+        return [(eid, fields) for eid, fields in entries]
+
+    def autoclaim(self, min_idle_ms: int, cursor: bytes, count: int) -> tuple[bytes, list[RawEntry], int]:
+        """XAUTOCLAIM one page: (next cursor, claimed entries, ids Redis dropped as deleted)."""
+        reply = self.client.execute_command(
+            "XAUTOCLAIM", self.stream, self.group, self.consumer, min_idle_ms, cursor,
+            "COUNT", count,
+        )
+        deleted = len(reply[2]) if len(reply) > 2 else 0
+        return reply[0], [(eid, fields) for eid, fields in reply[1]], deleted
+
+    def delivery_counts(self, entries: list[RawEntry]) -> dict[bytes, int]:
+        """Redis's own delivery counters for ``entries`` pending on this consumer."""
+        if not entries:
+            return {}
+        reply = self.client.execute_command(
+            "XPENDING", self.stream, self.group, entries[0][0], entries[-1][0], len(entries),
+            self.consumer,
+        )
+        return {row[0]: int(row[3]) for row in reply}
+
+    def pending_count(self) -> int:
+        reply = self.client.execute_command("XPENDING", self.stream, self.group)
+        return int(reply[0])
+
+    def consumers(self) -> list[dict[bytes, Any]]:
+        reply = self.client.execute_command("XINFO CONSUMERS", self.stream, self.group)
+        return [_pairs(row) for row in reply]
+
+    def group_info(self) -> dict[bytes, Any] | None:
+        for row in self.client.execute_command("XINFO GROUPS", self.stream):
+            info = _pairs(row)
+            if info.get(b"name") == self.group.encode():
+                return info
+        return None
+
+
+def _pairs(row: list[Any] | dict[bytes, Any]) -> dict[bytes, Any]:
+    if isinstance(row, dict):  # RESP3 replies are maps already
+        return row
+    it = iter(row)
+    return dict(zip(it, it, strict=False))
