@@ -27,9 +27,10 @@ class Streams:
     __slots__ = ("client", "consumer", "group", "stream")
 
     def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str) -> None:
+        # a private client on the same pool: raw callbacks must not leak to the caller's client
+        self.client = redis.Redis(connection_pool=client.connection_pool)
         for command in ("XREADGROUP", "XAUTOCLAIM", "XPENDING", "XINFO CONSUMERS", "XINFO GROUPS"):
-            client.set_response_callback(command, _raw)
-        self.client = client
+            self.client.set_response_callback(command, _raw)
         self.stream = stream
         self.group = group
         self.consumer = consumer

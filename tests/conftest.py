@@ -1,0 +1,72 @@
+"""Shared fixtures: fakeredis for fast unit tests, a real redis-server for everything else."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import fakeredis
+import pytest
+import redis
+
+from tests.redis_proc import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session (skipped locally, required under CI=true)."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def real_redis(redis_server: RedisServer) -> redis.Redis:
+    """A flushed real Redis client (RESP2, bytes)."""
+    client = redis_server.client()
+    client.flushall()
+    return client
+
+
+@pytest.fixture
+def fake_redis() -> redis.Redis:
+    """A fakeredis client with Lua support, for fast unit tests."""
+    return fakeredis.FakeRedis(protocol=2)
+
+
+def worker_env(url: str, **settings: object) -> dict[str, str]:
+    """Environment for a worker subprocess: ``STITCH_*`` from keyword settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STITCH_")}
+    env.update({"STITCH_REDIS_URL": url, "STITCH_METRICS_PORT": "0", "STITCH_LOG_FORMAT": "json",
+                "PYTHONUNBUFFERED": "1"})
+    env.update({f"STITCH_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+@contextlib.contextmanager
+def running_worker(
+    url: str, *args: str, log_path: Path | None = None, **settings: object
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``python -m worker run`` subprocess that is always stopped on exit."""
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "run", *args],
+        env=worker_env(url, **settings), cwd=ROOT, stdout=log, stderr=log,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if log_path:
+            log.close()  # type: ignore[union-attr]
+
+
+__all__ = ["free_port", "running_worker", "worker_env"]

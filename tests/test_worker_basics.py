@@ -1,0 +1,111 @@
+"""The core contract on a real Redis: enrichment, identify, chains, stream order, dead letters."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from tests.helpers import DEAD, add, drain, event, identify, output, resolved_by_source
+
+pytestmark = pytest.mark.redis_server
+
+
+def test_event_gets_resolved_id_and_source_id_and_keeps_its_fields(real_redis: redis.Redis) -> None:
+    """An event is emitted with every input field unchanged plus resolved_user_id and source_id."""
+    source = add(real_redis, "acme", event("anon-1"), domain="commerce", extra="kept")
+    drain(real_redis)
+    [out] = output(real_redis)
+    assert out["tenant"] == "acme" and out["domain"] == "commerce" and out["extra"] == "kept"
+    assert out["resolved_user_id"] == "anon-1"
+    assert out["source_id"] == source
+
+
+def test_identify_links_and_is_not_forwarded(real_redis: redis.Redis) -> None:
+    """identify writes alias:<tenant> previous -> user and is only acked, not emitted."""
+    add(real_redis, "acme", identify("real-x", "anon-a"))
+    drain(real_redis)
+    assert real_redis.hgetall("alias:acme") == {b"anon-a": b"real-x"}
+    assert output(real_redis) == []
+    assert real_redis.xpending("events", "stitch")["pending"] == 0
+
+
+def test_identify_forwarded_when_configured(real_redis: redis.Redis) -> None:
+    """With forward_identify the identify is emitted too, resolved through its own link."""
+    add(real_redis, "acme", identify("real-x", "anon-a"))
+    drain(real_redis, forward_identify=True)
+    [out] = output(real_redis)
+    assert out["resolved_user_id"] == "real-x"
+
+
+def test_chain_resolution_walks_to_the_end(real_redis: redis.Redis) -> None:
+    """anon_a -> real_x -> real_y: events of every id on the chain resolve to real_y."""
+    add(real_redis, "acme", identify("real-x", "anon-a"))
+    add(real_redis, "acme", identify("real-y", "real-x"))
+    ids = [add(real_redis, "acme", event(u)) for u in ("anon-a", "real-x", "real-y")]
+    drain(real_redis)
+    assert [resolved_by_source(real_redis)[i] for i in ids] == ["real-y"] * 3
+
+
+def test_stream_order_within_one_batch(real_redis: redis.Redis) -> None:
+    """An identify applies to later events of the same batch, not to earlier ones."""
+    before = add(real_redis, "acme", event("anon-a"))
+    add(real_redis, "acme", identify("real-x", "anon-a"))
+    after = add(real_redis, "acme", event("anon-a"))
+    drain(real_redis)
+    resolved = resolved_by_source(real_redis)
+    assert resolved[before] == "anon-a"
+    assert resolved[after] == "real-x"
+
+
+def test_tenants_are_separate(real_redis: redis.Redis) -> None:
+    """A link in one tenant never changes resolution in another."""
+    add(real_redis, "acme", identify("real-x", "anon-a"))
+    other = add(real_redis, "globex", event("anon-a"))
+    drain(real_redis)
+    assert resolved_by_source(real_redis)[other] == "anon-a"
+
+
+@pytest.mark.parametrize(
+    ("links", "expected_map", "outcome"),
+    [
+        ([("a", "a")], {}, "noop"),
+        ([("a", "x"), ("a", "x")], {"a": "x"}, "noop"),
+        ([("a", "x"), ("a", "y")], {"a": "x"}, "conflict"),
+        ([("a", "x"), ("x", "a")], {"a": "x"}, "cycle"),
+        ([("a", "x"), ("x", "y"), ("y", "a")], {"a": "x", "x": "y"}, "cycle"),
+        ([("null", "x")], {}, "placeholder"),
+        ([("a", "'undefined'")], {}, "placeholder"),
+        ([("a", "  ")], {}, "placeholder"),
+        ([("a", "Anonymous")], {}, "placeholder"),
+    ],
+)
+def test_link_rules(
+    real_redis: redis.Redis, links: list[tuple[str, str]], expected_map: dict[str, str],
+    outcome: str,
+) -> None:
+    """The alias map stays a forest; every refusal is counted by outcome and nothing is dead-lettered."""
+    for prev, user in links:
+        add(real_redis, "acme", identify(user, prev))
+    worker = drain(real_redis)
+    stored = {k.decode(): v.decode() for k, v in real_redis.hgetall("alias:acme").items()}
+    assert stored == expected_map
+    assert worker.totals[f"identify:{outcome}"] >= 1
+    assert real_redis.xlen(DEAD) == 0
+
+
+def test_extra_placeholders_are_configurable(real_redis: redis.Redis) -> None:
+    """STITCH_EXTRA_PLACEHOLDERS adds ids (case-insensitively) to the refused list."""
+    add(real_redis, "acme", identify("real-x", "VOID"))
+    worker = drain(real_redis, extra_placeholders="void,abc123")
+    assert real_redis.hlen("alias:acme") == 0
+    assert worker.totals["identify:placeholder"] == 1
+
+
+def test_existing_cycle_resolves_deterministically(real_redis: redis.Redis) -> None:
+    """A cycle written by someone else never loops: every member resolves to the same id."""
+    real_redis.hset("alias:acme", mapping={"p": "q", "q": "r", "r": "p"})
+    ids = [add(real_redis, "acme", event(u)) for u in ("p", "q", "r")]
+    worker = drain(real_redis)
+    resolved = resolved_by_source(real_redis)
+    assert {resolved[i] for i in ids} == {"p"}
+    assert worker.metrics.resolver_cycles._value.get() == 3
