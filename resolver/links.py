@@ -7,14 +7,14 @@ that the check and the write are one atomic step however many replicas race.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from enum import Enum
+from enum import StrEnum
 
 from .placeholders import PlaceholderRule
 
 __all__ = ["LinkOutcome", "LinkRules"]
 
 
-class LinkOutcome(str, Enum):
+class LinkOutcome(StrEnum):
     APPLIED = "applied"
     NOOP = "noop"
     """previous_user_id == user_id, or the same link again."""

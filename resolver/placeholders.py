@@ -11,8 +11,16 @@ from collections.abc import Iterable
 __all__ = ["DEFAULT_CASE_INSENSITIVE", "DEFAULT_CASE_SENSITIVE", "PlaceholderRule"]
 
 DEFAULT_CASE_INSENSITIVE: tuple[str, ...] = (
-    "anonymous", "guest", "distinctid", "distinct_id", "id", "not_authenticated",
-    "email", "undefined", "true", "false",
+    "anonymous",
+    "guest",
+    "distinctid",
+    "distinct_id",
+    "id",
+    "not_authenticated",
+    "email",
+    "undefined",
+    "true",
+    "false",
 )
 DEFAULT_CASE_SENSITIVE: tuple[str, ...] = ("[object Object]", "NaN", "None", "none", "null", "0")
 
@@ -27,7 +35,7 @@ def _quoted(values: Iterable[str]) -> set[str]:
 class PlaceholderRule:
     """Decides whether an id is a placeholder; extra ids are matched case-insensitively."""
 
-    __slots__ = ("_folded", "_exact")
+    __slots__ = ("_exact", "_folded")
 
     def __init__(self, extra: Iterable[str] = ()) -> None:
         self._folded = frozenset(_quoted(v.casefold() for v in (*DEFAULT_CASE_INSENSITIVE, *extra)))

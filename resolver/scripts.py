@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-__all__ = ["LINK_RULES_LUA", "LINK_LUA", "load_lua"]
+__all__ = ["LINK_LUA", "LINK_RULES_LUA", "load_lua"]
 
 
 def load_lua(package: str, name: str) -> str:

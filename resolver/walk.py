@@ -71,5 +71,5 @@ def cycle_representative(
         nxt = overlay.get(node) if overlay is not None else None
         node = nxt if nxt is not None else cache.get(tenant, node)
     if node is not None and node in seen:
-        return min(path[seen[node]:])
+        return min(path[seen[node] :])
     return path[min(max_depth, len(path) - 1)]

@@ -43,8 +43,14 @@ def fake_redis() -> redis.Redis:
 def worker_env(url: str, **settings: object) -> dict[str, str]:
     """Environment for a worker subprocess: ``STITCH_*`` from keyword settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STITCH_")}
-    env.update({"STITCH_REDIS_URL": url, "STITCH_METRICS_PORT": "0", "STITCH_LOG_FORMAT": "json",
-                "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "STITCH_REDIS_URL": url,
+            "STITCH_METRICS_PORT": "0",
+            "STITCH_LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update({f"STITCH_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 
@@ -57,7 +63,10 @@ def running_worker(
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker", "run", *args],
-        env=worker_env(url, **settings), cwd=ROOT, stdout=log, stderr=log,
+        env=worker_env(url, **settings),
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
     )
     try:
         yield proc

@@ -14,17 +14,27 @@ INPUT, OUTPUT, DEAD = "events", "events:enriched", "events:dead"
 
 
 def event(user_id: str, name: str = "product_view", **extra: Any) -> dict[str, Any]:
-    return {"event_family": "commerce", "event_name": name, "user_id": user_id,
-            "properties": {"sku": "SKU-1", "price": 12.5}, **extra}
+    return {
+        "event_family": "commerce",
+        "event_name": name,
+        "user_id": user_id,
+        "properties": {"sku": "SKU-1", "price": 12.5},
+        **extra,
+    }
 
 
 def identify(user_id: str, previous_user_id: str) -> dict[str, Any]:
-    return {"event_family": "system", "event_name": "identify", "user_id": user_id,
-            "previous_user_id": previous_user_id}
+    return {
+        "event_family": "system",
+        "event_name": "identify",
+        "user_id": user_id,
+        "previous_user_id": previous_user_id,
+    }
 
 
-def add(client: redis.Redis, tenant: str, payload: dict[str, Any] | bytes | str,
-        **fields: str) -> str:
+def add(
+    client: redis.Redis, tenant: str, payload: dict[str, Any] | bytes | str, **fields: str
+) -> str:
     """XADD one input entry; dict payloads are JSON-encoded."""
     body = json.dumps(payload) if isinstance(payload, dict) else payload
     entry_id = client.xadd(INPUT, {"tenant": tenant, "event": body, **fields})
@@ -32,8 +42,12 @@ def add(client: redis.Redis, tenant: str, payload: dict[str, Any] | bytes | str,
 
 
 def settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"consumer": "test-consumer", "metrics_port": 0, "block_ms": 10,
-                              "claim_interval_ms": 1_000_000}
+    values: dict[str, Any] = {
+        "consumer": "test-consumer",
+        "metrics_port": 0,
+        "block_ms": 10,
+        "claim_interval_ms": 1_000_000,
+    }
     values.update(overrides)
     return Settings.from_env({}, values)
 
@@ -50,8 +64,9 @@ def drain(client: redis.Redis, **overrides: Any) -> Worker:
 
 def output(client: redis.Redis, stream: str = OUTPUT) -> list[dict[str, str]]:
     """Every entry of ``stream`` as a str dict, in order."""
-    return [{k.decode(): v.decode() for k, v in fields.items()}
-            for _, fields in client.xrange(stream)]
+    return [
+        {k.decode(): v.decode() for k, v in fields.items()} for _, fields in client.xrange(stream)
+    ]
 
 
 def resolved_by_source(client: redis.Redis) -> dict[str, str]:

@@ -80,10 +80,12 @@ def test_tenants_are_separate(real_redis: redis.Redis) -> None:
     ],
 )
 def test_link_rules(
-    real_redis: redis.Redis, links: list[tuple[str, str]], expected_map: dict[str, str],
+    real_redis: redis.Redis,
+    links: list[tuple[str, str]],
+    expected_map: dict[str, str],
     outcome: str,
 ) -> None:
-    """The alias map stays a forest; every refusal is counted by outcome and nothing is dead-lettered."""
+    """The map stays a forest; each refusal is counted by outcome, never dead-lettered."""
     for prev, user in links:
         add(real_redis, "acme", identify(user, prev))
     worker = drain(real_redis)

@@ -28,8 +28,16 @@ EMIT, DEAD, ACK = b"e", b"d", b"a"
 class Plan:
     """Everything one commit needs, plus what to learn once it succeeds."""
 
-    __slots__ = ("alias_keys", "entries", "links", "local_outcomes", "n_emit", "n_entries",
-                 "tenants", "verify")
+    __slots__ = (
+        "alias_keys",
+        "entries",
+        "links",
+        "local_outcomes",
+        "n_emit",
+        "n_entries",
+        "tenants",
+        "verify",
+    )
 
     def __init__(self) -> None:
         self.tenants: dict[str, int] = {}
@@ -74,8 +82,18 @@ class Plan:
 class Planner:
     """Resolves a batch and builds its :class:`Plan`; owns no I/O but the resolver's fetch."""
 
-    __slots__ = ("cache", "cache_hits", "cache_misses", "cycles", "depths", "forward_identify",
-                 "key_prefix", "max_depth", "resolver", "rules")
+    __slots__ = (
+        "cache",
+        "cache_hits",
+        "cache_misses",
+        "cycles",
+        "depths",
+        "forward_identify",
+        "key_prefix",
+        "max_depth",
+        "resolver",
+        "rules",
+    )
 
     def __init__(self, resolver: Resolver, rules: LinkRules, *, forward_identify: bool) -> None:
         self.resolver = resolver
@@ -187,14 +205,27 @@ class Planner:
     @staticmethod
     def _emit(plan: Plan, entry: Entry, root: str) -> None:
         fields = entry.fields or []
-        plan.entries.extend((entry.id, EMIT, len(fields) + 4, *fields, F_RESOLVED, root, F_SOURCE,
-                             entry.id))
+        plan.entries.extend(
+            (entry.id, EMIT, len(fields) + 4, *fields, F_RESOLVED, root, F_SOURCE, entry.id)
+        )
         plan.n_emit += 1
         plan.n_entries += 1
 
     @staticmethod
     def _dead(plan: Plan, entry: Entry) -> None:
         fields = entry.fields or []
-        plan.entries.extend((entry.id, DEAD, len(fields) + 6, *fields, F_ERROR, entry.error,
-                             F_ERROR_CODE, entry.error_code, F_SOURCE, entry.id))
+        plan.entries.extend(
+            (
+                entry.id,
+                DEAD,
+                len(fields) + 6,
+                *fields,
+                F_ERROR,
+                entry.error,
+                F_ERROR_CODE,
+                entry.error_code,
+                F_SOURCE,
+                entry.id,
+            )
+        )
         plan.n_entries += 1

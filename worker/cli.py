@@ -39,8 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lehnz-stitch", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the stitching daemon")
-    run.add_argument("--drain", action="store_true",
-                     help="exit 0 once nothing new or claimable is left (backfills, benchmarks)")
+    run.add_argument(
+        "--drain",
+        action="store_true",
+        help="exit 0 once nothing new or claimable is left (backfills, benchmarks)",
+    )
     resolve = commands.add_parser("resolve", help="print the resolved id of each ID")
     resolve.add_argument("--tenant", required=True)
     resolve.add_argument("--chain", action="store_true", help="print the whole path")
@@ -55,15 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for field in msgspec.structs.fields(Settings):
         flag = "--" + field.name.replace("_", "-")
-        parser.add_argument(flag, dest=f"setting_{field.name}", metavar="VALUE",
-                            help=f"overrides {env_name(field.name)}")
+        parser.add_argument(
+            flag,
+            dest=f"setting_{field.name}",
+            metavar="VALUE",
+            help=f"overrides {env_name(field.name)}",
+        )
 
 
 def connect(settings: Settings) -> redis.Redis:
     """A RESP2 client whose socket timeout always exceeds BLOCK; retries are the worker's job."""
     return redis.Redis.from_url(
-        settings.redis_url, protocol=2, socket_timeout=settings.socket_timeout_s,
-        socket_connect_timeout=5.0, retry=Retry(NoBackoff(), 0), client_name="lehnz-stitch",
+        settings.redis_url,
+        protocol=2,
+        socket_timeout=settings.socket_timeout_s,
+        socket_connect_timeout=5.0,
+        retry=Retry(NoBackoff(), 0),
+        client_name="lehnz-stitch",
     )
 
 
@@ -71,6 +82,7 @@ def connect(settings: Settings) -> redis.Redis:
 def capture_signals(worker: Worker, log: Any) -> Iterator[None]:
     """First SIGTERM/SIGINT: finish the batch in hand and stop. Second: exit at once
     (still safe: uncommitted entries stay pending and are redelivered)."""
+
     def handle(signum: int, frame: FrameType | None) -> None:
         if worker.stopping:
             os._exit(128 + signum)
@@ -87,8 +99,11 @@ def capture_signals(worker: Worker, log: Any) -> Iterator[None]:
 
 def _arm_shutdown_timer(worker: Worker, log: Any) -> None:
     def expire() -> None:
-        log.error("shutdown timed out; uncommitted entries stay pending",
-                  timeout_s=worker.settings.shutdown_timeout, **worker.summary())
+        log.error(
+            "shutdown timed out; uncommitted entries stay pending",
+            timeout_s=worker.settings.shutdown_timeout,
+            **worker.summary(),
+        )
         os._exit(EXIT_ERROR)
 
     timer = threading.Timer(worker.settings.shutdown_timeout, expire)
@@ -98,8 +113,9 @@ def _arm_shutdown_timer(worker: Worker, log: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k.removeprefix("setting_"): v for k, v in vars(args).items()
-                 if k.startswith("setting_")}
+    overrides = {
+        k.removeprefix("setting_"): v for k, v in vars(args).items() if k.startswith("setting_")
+    }
     try:
         settings = Settings.from_env(overrides=overrides)
     except ConfigError as exc:
@@ -131,8 +147,10 @@ def run(settings: Settings, *, drain: bool = False, metrics: Metrics | None = No
         try:
             server = HealthServer(settings.metrics_addr, settings.metrics_port, metrics, health)
         except OSError as exc:
-            raise ConfigError(f"{env_name('metrics_port')}: cannot listen on "
-                              f"{settings.metrics_addr}:{settings.metrics_port} ({exc})") from None
+            raise ConfigError(
+                f"{env_name('metrics_port')}: cannot listen on "
+                f"{settings.metrics_addr}:{settings.metrics_port} ({exc})"
+            ) from None
         server.start()
     worker = Worker(settings, connect(settings), metrics, log, health)
     try:
@@ -145,8 +163,9 @@ def run(settings: Settings, *, drain: bool = False, metrics: Metrics | None = No
 
 
 def resolve(settings: Settings, tenant: str, ids: list[str], *, chain: bool) -> int:
-    resolver = Resolver(connect(settings), key_prefix=settings.alias_prefix,
-                        max_depth=settings.max_chain_depth)
+    resolver = Resolver(
+        connect(settings), key_prefix=settings.alias_prefix, max_depth=settings.max_chain_depth
+    )
     try:
         if chain:
             for uid in ids:
@@ -155,5 +174,7 @@ def resolve(settings: Settings, tenant: str, ids: list[str], *, chain: bool) -> 
             for uid, root in zip(ids, resolver.resolve_many(tenant, ids), strict=True):
                 print(f"{uid}\t{root}")
     except redis.ConnectionError as exc:
-        raise RedisUnavailableError(f"{env_name('redis_url')}={settings.redis_url}: {exc}") from None
+        raise RedisUnavailableError(
+            f"{env_name('redis_url')}={settings.redis_url}: {exc}"
+        ) from None
     return EXIT_OK

@@ -42,18 +42,32 @@ class Committer:
     def __init__(self, settings: Settings) -> None:
         self._script = Script(COMMIT_LUA)
         self._keys = [settings.input_stream, settings.output_stream, settings.dead_stream]
-        self._fixed = [settings.group, settings.output_maxlen, settings.dead_maxlen,
-                       settings.max_chain_depth]
+        self._fixed = [
+            settings.group,
+            settings.output_maxlen,
+            settings.dead_maxlen,
+            settings.max_chain_depth,
+        ]
 
     def commit(self, client: redis.Redis, plan: Plan) -> Committed | Stale:
         reply = self._script(
-            client, [*self._keys, *plan.alias_keys],
-            [*self._fixed, plan.n_verify, plan.n_links, plan.n_entries,
-             *plan.verify, *plan.links, *plan.entries],
+            client,
+            [*self._keys, *plan.alias_keys],
+            [
+                *self._fixed,
+                plan.n_verify,
+                plan.n_links,
+                plan.n_entries,
+                *plan.verify,
+                *plan.links,
+                *plan.entries,
+            ],
         )
         if reply[0] == 1:
             return Committed(
-                int(reply[1]), int(reply[2]), [int(n) - 1 for n in reply[3]],
+                int(reply[1]),
+                int(reply[2]),
+                [int(n) - 1 for n in reply[3]],
                 [LinkOutcome(_text(o)) for o in reply[4]],
             )
         roots = [(int(k), _text(uid), _text(cur)) for k, uid, cur in reply[1]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -36,7 +37,11 @@ OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 class Worker:
     def __init__(
-        self, settings: Settings, client: redis.Redis, metrics: Metrics, log: Any,
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        metrics: Metrics,
+        log: Any,
         health: Health | None = None,
     ) -> None:
         self.settings = settings
@@ -48,8 +53,11 @@ class Worker:
         self.parser = Parser(settings.max_event_bytes)
         rules = LinkRules(settings.placeholders)
         self.resolver = Resolver(
-            client, key_prefix=settings.alias_prefix, cache_size=settings.cache_size,
-            max_depth=settings.max_chain_depth, rules=rules,
+            client,
+            key_prefix=settings.alias_prefix,
+            cache_size=settings.cache_size,
+            max_depth=settings.max_chain_depth,
+            rules=rules,
         )
         self.planner = Planner(self.resolver, rules, forward_identify=settings.forward_identify)
         self.committer = Committer(settings)
@@ -80,8 +88,12 @@ class Worker:
     def startup(self) -> None:
         self._with_reconnect(self._connect)
         self.metrics.watch_group(self.group_stats)
-        self.log.info("started", stream=self.settings.input_stream, group=self.settings.group,
-                      batch_size=self.settings.batch_size)
+        self.log.info(
+            "started",
+            stream=self.settings.input_stream,
+            group=self.settings.group,
+            batch_size=self.settings.batch_size,
+        )
 
     def loop(self, *, drain: bool = False) -> None:
         while not self.stopping:
@@ -162,11 +174,20 @@ class Worker:
     def remove_idle_consumers(self) -> None:
         for info in self.streams.consumers():
             name = info[b"name"].decode()
-            if (name == self.settings.consumer or int(info[b"pending"]) > 0
-                    or int(info[b"idle"]) < self.settings.consumer_idle_ms):
+            if (
+                name == self.settings.consumer
+                or int(info[b"pending"]) > 0
+                or int(info[b"idle"]) < self.settings.consumer_idle_ms
+            ):
                 continue
-            if self._delconsumer(self.client, [self.settings.input_stream],
-                      [self.settings.group, name, self.settings.consumer_idle_ms]) == 1:
+            if (
+                self._delconsumer(
+                    self.client,
+                    [self.settings.input_stream],
+                    [self.settings.group, name, self.settings.consumer_idle_ms],
+                )
+                == 1
+            ):
                 self.metrics.consumers_removed.inc()
                 self.log.info("removed idle consumer", removed_consumer=name)
 
@@ -182,7 +203,9 @@ class Worker:
         self.metrics.committed()
         self.health.beat()
 
-    def _parse(self, eid: bytes, fields: list[bytes] | None, counts: dict[bytes, int] | None) -> Entry:
+    def _parse(
+        self, eid: bytes, fields: list[bytes] | None, counts: dict[bytes, int] | None
+    ) -> Entry:
         if counts is not None and fields is not None:
             delivered = counts.get(eid, 1)
             if delivered > self.settings.max_deliveries:
@@ -199,7 +222,9 @@ class Worker:
             if isinstance(result, Committed):
                 return plan, result
             self._forget_stale(plan, result)
-        raise StaleCommitError(f"batch {entries[0].id!r}.. stayed stale after {MAX_STALE_RETRIES} tries")
+        raise StaleCommitError(
+            f"batch {entries[0].id!r}.. stayed stale after {MAX_STALE_RETRIES} tries"
+        )
 
     def _forget_stale(self, plan: Plan, stale: Stale) -> None:
         self.metrics.stale_commits.inc()
@@ -210,8 +235,9 @@ class Worker:
         if stale.links:
             tenants = {by_index[plan.links[4 * n]] for n in stale.links}
             self.resolver.forget(tenants)
-        self.log.info("commit found stale links, retrying", roots=len(stale.roots),
-                      links=len(stale.links))
+        self.log.info(
+            "commit found stale links, retrying", roots=len(stale.roots), links=len(stale.links)
+        )
 
     def _learn_links(self, plan: Plan, result: Committed) -> None:
         cache = self.resolver.cache
@@ -257,8 +283,13 @@ class Worker:
         m.cache_entries.set(len(self.resolver.cache))
 
     def _next_log_batch(self, plan: Plan, result: Committed) -> None:
-        self.log.debug("batch committed", entries=plan.n_entries, emitted=result.emitted,
-                       dead=result.dead_lettered, links=plan.n_links)
+        self.log.debug(
+            "batch committed",
+            entries=plan.n_entries,
+            emitted=result.emitted,
+            dead=result.dead_lettered,
+            links=plan.n_links,
+        )
 
     def _count(self, name: str, amount: int, counter: Any) -> None:
         if amount:
@@ -306,10 +337,8 @@ class Worker:
             )
         self._stop.wait(backoff.next_delay())
         self.health.beat()
-        try:
+        with contextlib.suppress(*OUTAGE_ERRORS):
             self._connect()
-        except OUTAGE_ERRORS:
-            pass
         return backoff
 
     def _recovered(self, backoff: Backoff) -> None:
@@ -318,8 +347,9 @@ class Worker:
         # Redis may have lost links (no AOF) or scripts; start from what it holds now.
         self.resolver.forget()
         self._recover_pending = True
-        self.log.info("redis reconnected", attempts=backoff.attempts,
-                      outage_s=round(backoff.elapsed_s, 3))
+        self.log.info(
+            "redis reconnected", attempts=backoff.attempts, outage_s=round(backoff.elapsed_s, 3)
+        )
 
     # scrape-time gauges --------------------------------------------------------------------
 

@@ -54,8 +54,21 @@ def embedded_redis() -> Iterator[tuple[str, str]]:
         return
     with tempfile.TemporaryDirectory(prefix="stitch-demo-") as tmp:
         proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-             "no", "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tmp,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             _wait_ready(port)
@@ -75,7 +88,7 @@ def _wait_ready(port: int) -> None:
     raise RuntimeError("embedded redis-server did not start")
 
 
-def load_sample(client: redis.Redis, stream: str, path: Path | None) -> list[str]:
+def load_sample(client: Any, stream: str, path: Path | None) -> list[str]:
     """XADD the sample's entries; return the scenario's step titles in order."""
     text = path.read_text() if path else (files("worker") / "sample" / "demo.jsonl").read_text()
     steps = []
@@ -94,8 +107,16 @@ def load_sample(client: redis.Redis, stream: str, path: Path | None) -> list[str
 
 def run_demo(base: Settings, sample: str | None) -> int:
     with embedded_redis() as (url, what):
-        settings = Settings.from_env({}, {**_as_dict(base), "redis_url": url, "metrics_port": 0,
-                                          "block_ms": 100, "consumer": "demo-1"})
+        settings = Settings.from_env(
+            {},
+            {
+                **_as_dict(base),
+                "redis_url": url,
+                "metrics_port": 0,
+                "block_ms": 100,
+                "consumer": "demo-1",
+            },
+        )
         client = connect(settings)
         steps = load_sample(client, settings.input_stream, Path(sample) if sample else None)
         print(f"\n== lehnz-stitch demo on a {what}")
@@ -111,17 +132,21 @@ def _as_dict(settings: Settings) -> dict[str, Any]:
     return {name: getattr(settings, name) for name in settings.__struct_fields__}
 
 
-def _report(client: redis.Redis, settings: Settings) -> None:
+def _report(client: Any, settings: Settings) -> None:
     read = client.xlen(settings.input_stream)
     out = client.xrange(settings.output_stream)
     dead = client.xrange(settings.dead_stream)
-    print(f"\n== events: {read} in, {len(out)} enriched out, {len(dead)} dead-lettered, "
-          f"{read - len(out) - len(dead)} identify (applied to the alias map, not forwarded)")
+    print(
+        f"\n== events: {read} in, {len(out)} enriched out, {len(dead)} dead-lettered, "
+        f"{read - len(out) - len(dead)} identify (applied to the alias map, not forwarded)"
+    )
     print("\n== enriched output (user_id -> resolved_user_id)")
     for _, fields in out:
         event = json.loads(fields[b"event"])
-        print(f"   {fields[b'tenant'].decode():7} {event['event_name']:13} "
-              f"{event['user_id']:38} -> {fields[b'resolved_user_id'].decode()}")
+        print(
+            f"   {fields[b'tenant'].decode():7} {event['event_name']:13} "
+            f"{event['user_id']:38} -> {fields[b'resolved_user_id'].decode()}"
+        )
     print("\n== dead letters (error_code: message)")
     for _, fields in dead:
         print(f"   {fields[b'error'].decode()}")

@@ -42,8 +42,7 @@ class HealthServer:
         handler = _handler(metrics, health)
         self._server = ThreadingHTTPServer((addr, port), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 
     @property
     def port(self) -> int:
@@ -80,7 +79,7 @@ def _handler(metrics: Metrics, health: Health) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             """Probes every few seconds would drown the worker's own logs."""
 
     return Handler

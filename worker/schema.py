@@ -40,8 +40,16 @@ class _Fields(msgspec.Struct):
 class Entry:
     """One input entry and what the parser made of it."""
 
-    __slots__ = ("error", "error_code", "fields", "id", "kind", "previous_user_id", "tenant",
-                 "user_id")
+    __slots__ = (
+        "error",
+        "error_code",
+        "fields",
+        "id",
+        "kind",
+        "previous_user_id",
+        "tenant",
+        "user_id",
+    )
 
     def __init__(self, entry_id: bytes, fields: list[bytes] | None) -> None:
         self.id = entry_id

@@ -10,6 +10,8 @@ from redis.exceptions import NoScriptError
 
 from resolver.scripts import LINK_RULES_LUA, load_lua
 
+from .streams import command
+
 __all__ = ["COMMIT_LUA", "DELCONSUMER_LUA", "Script"]
 
 COMMIT_LUA = LINK_RULES_LUA + load_lua("worker", "commit.lua")
@@ -27,7 +29,7 @@ class Script:
 
     def __call__(self, client: redis.Redis, keys: list[Any], args: list[Any]) -> Any:
         try:
-            return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            return command(client, "EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            client.execute_command("SCRIPT", "LOAD", self.source)
-            return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            command(client, "SCRIPT", "LOAD", self.source)
+            return command(client, "EVALSHA", self.sha, len(keys), *keys, *args)

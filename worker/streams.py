@@ -11,7 +11,7 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
-__all__ = ["RawEntry", "Streams"]
+__all__ = ["RawEntry", "Streams", "command"]
 
 RawEntry = tuple[bytes, list[bytes] | None]
 """(entry id, flat field/value list), or None as payload for an entry deleted while pending."""
@@ -19,6 +19,11 @@ RawEntry = tuple[bytes, list[bytes] | None]
 
 def _raw(response: Any, **_: Any) -> Any:
     return response
+
+
+def command(client: redis.Redis, *args: Any) -> Any:
+    """``execute_command`` with the reply typed as what it is: whatever Redis sent."""
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 class Streams:
@@ -38,9 +43,7 @@ class Streams:
     def ensure_group(self, start_id: str) -> bool:
         """Create the group (and the stream); return False if it already existed."""
         try:
-            self.client.execute_command(
-                "XGROUP", "CREATE", self.stream, self.group, start_id, "MKSTREAM"
-            )
+            command(self.client, "XGROUP", "CREATE", self.stream, self.group, start_id, "MKSTREAM")
         except ResponseError as exc:
             if "BUSYGROUP" in str(exc):
                 return False
@@ -52,17 +55,26 @@ class Streams:
         args: list[Any] = ["GROUP", self.group, self.consumer, "COUNT", count]
         if block_ms is not None:
             args += ["BLOCK", block_ms]
-        reply = self.client.execute_command("XREADGROUP", *args, "STREAMS", self.stream, start)
+        reply = command(self.client, "XREADGROUP", *args, "STREAMS", self.stream, start)
         if not reply:
             return []
         entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
         return [(eid, fields) for eid, fields in entries]
 
-    def autoclaim(self, min_idle_ms: int, cursor: bytes, count: int) -> tuple[bytes, list[RawEntry], int]:
+    def autoclaim(
+        self, min_idle_ms: int, cursor: bytes, count: int
+    ) -> tuple[bytes, list[RawEntry], int]:
         """XAUTOCLAIM one page: (next cursor, claimed entries, ids Redis dropped as deleted)."""
-        reply = self.client.execute_command(
-            "XAUTOCLAIM", self.stream, self.group, self.consumer, min_idle_ms, cursor,
-            "COUNT", count,
+        reply = command(
+            self.client,
+            "XAUTOCLAIM",
+            self.stream,
+            self.group,
+            self.consumer,
+            min_idle_ms,
+            cursor,
+            "COUNT",
+            count,
         )
         deleted = len(reply[2]) if len(reply) > 2 else 0
         return reply[0], [(eid, fields) for eid, fields in reply[1]], deleted
@@ -71,22 +83,28 @@ class Streams:
         """Redis's own delivery counters for ``entries`` pending on this consumer."""
         if not entries:
             return {}
-        reply = self.client.execute_command(
-            "XPENDING", self.stream, self.group, entries[0][0], entries[-1][0], len(entries),
+        reply = command(
+            self.client,
+            "XPENDING",
+            self.stream,
+            self.group,
+            entries[0][0],
+            entries[-1][0],
+            len(entries),
             self.consumer,
         )
         return {row[0]: int(row[3]) for row in reply}
 
     def pending_count(self) -> int:
-        reply = self.client.execute_command("XPENDING", self.stream, self.group)
+        reply = command(self.client, "XPENDING", self.stream, self.group)
         return int(reply[0])
 
     def consumers(self) -> list[dict[bytes, Any]]:
-        reply = self.client.execute_command("XINFO CONSUMERS", self.stream, self.group)
+        reply = command(self.client, "XINFO CONSUMERS", self.stream, self.group)
         return [_pairs(row) for row in reply]
 
     def group_info(self) -> dict[bytes, Any] | None:
-        for row in self.client.execute_command("XINFO GROUPS", self.stream):
+        for row in command(self.client, "XINFO GROUPS", self.stream):
             info = _pairs(row)
             if info.get(b"name") == self.group.encode():
                 return info
