@@ -1,0 +1,100 @@
+"""The command line: settings validation, exit codes, resolve, and the demo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import redis
+
+from tests.conftest import ROOT
+from tests.redis_proc import RedisServer
+from worker.config import Settings
+from worker.errors import ConfigError
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("STITCH_")}
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env={**base, **(env or {})},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("STITCH_BATCH_SIZE", "zero"),
+        ("STITCH_BATCH_SIZE", "0"),
+        ("STITCH_LOG_FORMAT", "xml"),
+        ("STITCH_REDIS_URL", "http://localhost"),
+        ("STITCH_METRICS_PORT", "70000"),
+        ("STITCH_FORWARD_IDENTIFY", "perhaps"),
+    ],
+)
+def test_bad_setting_exits_2_naming_the_variable(variable: str, value: str) -> None:
+    """A bad value stops start-up with exit code 2 and a message naming the variable."""
+    result = cli("run", env={variable: value})
+    assert result.returncode == 2
+    assert variable in result.stderr
+
+
+def test_flags_override_the_environment() -> None:
+    """Every setting is also a flag, and the flag wins."""
+    settings = Settings.from_env({"STITCH_BATCH_SIZE": "10"}, {"batch_size": "20"})
+    assert settings.batch_size == 20
+    with pytest.raises(ConfigError, match="STITCH_BLOCK_MS"):
+        Settings.from_env({"STITCH_BLOCK_MS": "-1"})
+
+
+def test_bad_flag_exits_2() -> None:
+    """A bad flag value is reported like a bad variable."""
+    result = cli("run", "--batch-size", "nope")
+    assert result.returncode == 2 and "STITCH_BATCH_SIZE" in result.stderr
+
+
+def test_unreachable_redis_gives_up_with_exit_3() -> None:
+    """With Redis down past the give-up time the daemon exits 3, not 0 and not a traceback."""
+    result = cli(
+        "run",
+        env={
+            "STITCH_REDIS_URL": "redis://127.0.0.1:1/0",
+            "STITCH_RECONNECT_GIVE_UP_S": "0.5",
+            "STITCH_METRICS_PORT": "0",
+        },
+    )
+    assert result.returncode == 3
+    assert "giving up" in result.stderr
+
+
+@pytest.mark.redis_server
+def test_resolve_command_prints_roots_and_chains(
+    redis_server: RedisServer, real_redis: redis.Redis
+) -> None:
+    """`lehnz-stitch resolve` prints each id's root, and with --chain its whole path."""
+    real_redis.hset("alias:acme", mapping={"anon": "real", "real": "merged"})
+    env = {"STITCH_REDIS_URL": redis_server.url}
+    plain = cli("resolve", "--tenant", "acme", "anon", "other", env=env)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.splitlines() == ["anon\tmerged", "other\tother"]
+    chained = cli("resolve", "--tenant", "acme", "--chain", "anon", env=env)
+    assert chained.stdout.strip() == "anon -> real -> merged"
+
+
+def test_demo_runs_the_scenario_end_to_end() -> None:
+    """`make demo`'s command feeds the sample, drains, and reports what happened."""
+    result = cli("demo", timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "22 in, 10 enriched out, 5 dead-lettered" in out
+    assert "cust-2002 -> cust-1001" in out
+    assert "missing_previous_user_id" in out
