@@ -65,6 +65,7 @@ class Worker:
         self._stop = threading.Event()
         self._delconsumer = Script(DELCONSUMER_LUA)
         self._recover_pending = True
+        metrics.watch_group(self.group_stats)
         self._next_maintenance = 0.0
         self._next_progress = time.monotonic() + PROGRESS_EVERY_S
 
@@ -87,7 +88,6 @@ class Worker:
 
     def startup(self) -> None:
         self._with_reconnect(self._connect)
-        self.metrics.watch_group(self.group_stats)
         self.log.info(
             "started",
             stream=self.settings.input_stream,
