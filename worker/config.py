@@ -60,6 +60,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"{env_name('redis_url')}: expected a redis://, rediss:// or unix:// URL, "
                 f"got {self.redis_url!r}"
             )
+        if self.block_ms / 1000 >= self.shutdown_timeout:
+            raise ConfigError(
+                f"{env_name('block_ms')}: {self.block_ms} ms must be shorter than "
+                f"{env_name('shutdown_timeout')} ({self.shutdown_timeout:g} s), or a blocked "
+                "read could outlast a graceful shutdown"
+            )
 
     @property
     def placeholders(self) -> tuple[str, ...]:
