@@ -106,3 +106,24 @@ def test_decoded_clients_work_too(fake_redis: redis.Redis) -> None:
     client = redis.Redis(connection_pool=fake_redis.connection_pool, decode_responses=True)
     fake_redis.hset("alias:t", "a", "b")
     assert Resolver(client).resolve("t", "a") == "b"
+
+
+def test_observe_many_matches_observe_one_by_one() -> None:
+    """The batch histogram update gives exactly the buckets and sum of per-value observe()."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from worker.metrics import observe_many
+
+    values = [0.0, 0.0004, 0.001, 0.0011, 0.3, 2.0, 99.0, 0.005]
+    one, many = CollectorRegistry(), CollectorRegistry()
+    h1 = Histogram("d_seconds", "x", buckets=(0.001, 0.005, 1), registry=one)
+    h2 = Histogram("d_seconds", "x", buckets=(0.001, 0.005, 1), registry=many)
+    for value in values:
+        h1.observe(value)
+    observe_many(h2, values)
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+        return [(x.name, x.labels, x.value) for m in registry.collect() for x in m.samples
+                if not x.name.endswith("_created")]
+
+    assert samples(one) == samples(many)

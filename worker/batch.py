@@ -30,12 +30,17 @@ class Plan:
 
     __slots__ = (
         "alias_keys",
+        "cycles",
         "entries",
         "links",
         "local_outcomes",
         "n_emit",
         "n_entries",
+        "overlay",
+        "resolutions",
         "tenants",
+        "unknown",
+        "verified",
         "verify",
     )
 
@@ -48,6 +53,13 @@ class Plan:
         self.local_outcomes: list[LinkOutcome] = []
         self.n_emit = 0
         self.n_entries = 0
+        self.resolutions = 0
+        self.cycles = 0
+        self.overlay: dict[str, dict[str, str]] = {}
+        """Links this batch assumes apply, in stream order, before they are committed."""
+        self.verified: set[tuple[str, str]] = set()
+        self.unknown: dict[str, set[str]] = {}
+        """Ids the cache could not finish: fetch them and plan again."""
 
     def ack_only(self, entry_id: bytes) -> None:
         self.entries.extend((entry_id, ACK, 0))
@@ -108,80 +120,58 @@ class Planner:
         self.depths: list[int] = []
 
     def plan(self, entries: list[Entry]) -> Plan:
-        cold = self._prefetch(entries)
+        """Plan optimistically from the cache; fetch what it lacked and re-plan until complete.
+
+        A warm batch is planned in one pass with no I/O; a cold one costs one pipelined
+        round trip per hop level of its deepest unknown chain.
+        """
+        cold: set[tuple[str, str]] = set()
+        plan = self._plan_once(entries, cold)
+        for _ in range(self.max_depth):
+            if not plan.unknown:
+                break
+            self.resolver.fetch(plan.unknown)
+            plan = self._plan_once(entries, cold)
+        self.cache_misses += len(cold)
+        self.cache_hits += plan.resolutions - len(cold)
+        self.cycles += plan.cycles
+        return plan
+
+    def _plan_once(self, entries: list[Entry], cold: set[tuple[str, str]]) -> Plan:
         plan = Plan()
-        overlay: dict[str, dict[str, str]] = {}
-        verified: set[tuple[str, str]] = set()
         for entry in entries:
-            if entry.kind is Kind.EVENT:
-                root = self._resolve(plan, verified, entry.tenant, entry.user_id, overlay, cold)
-                self._emit(plan, entry, root)
-            elif entry.kind is Kind.IDENTIFY:
-                self._identify(plan, verified, entry, overlay, cold)
-            elif entry.kind is Kind.INVALID:
+            kind = entry.kind
+            if kind is Kind.EVENT:
+                self._emit(plan, entry, self._resolve(plan, entry.tenant, entry.user_id, cold))
+            elif kind is Kind.IDENTIFY:
+                self._identify(plan, entry, cold)
+            elif kind is Kind.INVALID:
                 self._dead(plan, entry)
             else:
                 plan.ack_only(entry.id)
         return plan
 
-    def _prefetch(self, entries: list[Entry]) -> set[tuple[str, str]]:
-        """Fetch every chain the batch needs that the cache cannot finish; return cold ids."""
-        cache, depth = self.cache, self.max_depth
-        wanted: dict[str, set[str]] = {}
-        cold: set[tuple[str, str]] = set()
-        for entry in entries:
-            if entry.kind is Kind.EVENT:
-                ids: tuple[str, ...] = (entry.user_id,)
-            elif entry.kind is Kind.IDENTIFY:
-                ids = (entry.user_id, entry.previous_user_id)
-            else:
-                continue
-            tenant = entry.tenant
-            for uid in ids:
-                end, how = walk(cache, tenant, uid, depth)[:2]
-                if how is End.UNKNOWN:
-                    wanted.setdefault(tenant, set()).add(end)
-                    cold.add((tenant, uid))
-        self.cache_misses += len(cold)
-        if wanted:
-            self.resolver.fetch(wanted)
-        return cold
-
-    def _resolve(
-        self,
-        plan: Plan,
-        verified: set[tuple[str, str]],
-        tenant: str,
-        uid: str,
-        overlay: dict[str, dict[str, str]],
-        cold: set[tuple[str, str]],
-    ) -> str:
+    def _resolve(self, plan: Plan, tenant: str, uid: str, cold: set[tuple[str, str]]) -> str:
         end, how, hops, used_overlay = walk(
-            self.cache, tenant, uid, self.max_depth, overlay.get(tenant)
+            self.cache, tenant, uid, self.max_depth, plan.overlay.get(tenant)
         )
+        plan.resolutions += 1
         if how is End.ROOT:
-            if (tenant, end) not in verified:
-                verified.add((tenant, end))
+            if (tenant, end) not in plan.verified:
+                plan.verified.add((tenant, end))
                 plan.verify.extend((plan.key_index(tenant, self.key_prefix), end))
             if hops > 1 and not used_overlay:
                 self.cache.put(tenant, uid, end)
+            if cold and (tenant, uid) in cold:
+                self.depths.append(hops)
+        elif how is End.UNKNOWN:
+            plan.unknown.setdefault(tenant, set()).add(end)
+            cold.add((tenant, uid))
         else:
-            self.cycles += 1
-        if (tenant, uid) in cold:
-            cold.discard((tenant, uid))
-            self.depths.append(hops)
-        else:
-            self.cache_hits += 1
+            plan.cycles += 1
         return end
 
-    def _identify(
-        self,
-        plan: Plan,
-        verified: set[tuple[str, str]],
-        entry: Entry,
-        overlay: dict[str, dict[str, str]],
-        cold: set[tuple[str, str]],
-    ) -> None:
+    def _identify(self, plan: Plan, entry: Entry, cold: set[tuple[str, str]]) -> None:
         tenant, prev, user = entry.tenant, entry.previous_user_id, entry.user_id
         is_placeholder = self.rules.is_placeholder
         if is_placeholder(prev) or is_placeholder(user):
@@ -189,16 +179,16 @@ class Planner:
         elif prev == user:
             plan.local_outcomes.append(LinkOutcome.NOOP)
         else:
-            prev_end = self._resolve(plan, verified, tenant, prev, overlay, cold)
-            user_end = self._resolve(plan, verified, tenant, user, overlay, cold)
+            prev_end = self._resolve(plan, tenant, prev, cold)
+            user_end = self._resolve(plan, tenant, user, cold)
             applies = prev_end == prev and user_end != prev
             if applies:
-                overlay.setdefault(tenant, {})[prev] = user
+                plan.overlay.setdefault(tenant, {})[prev] = user
             plan.links.extend(
                 (plan.key_index(tenant, self.key_prefix), prev, user, b"1" if applies else b"0")
             )
         if self.forward_identify:
-            self._emit(plan, entry, self._resolve(plan, verified, tenant, user, overlay, cold))
+            self._emit(plan, entry, self._resolve(plan, tenant, user, cold))
         else:
             plan.ack_only(entry.id)
 

@@ -22,7 +22,7 @@ from .commit import Committed, Committer, Stale
 from .config import Settings
 from .errors import RedisUnavailableError, StaleCommitError
 from .health import Health
-from .metrics import GroupStats, Metrics
+from .metrics import GroupStats, Metrics, observe_many
 from .schema import Entry, Kind, Parser
 from .scripts import DELCONSUMER_LUA, Script
 from .streams import RawEntry, Streams
@@ -251,18 +251,20 @@ class Worker:
         self._count("emitted", result.emitted, m.events_emitted)
         self._count("duplicates", len(result.duplicates), m.duplicates)
         skip = {entries[i].id for i in result.duplicates}
-        now = time.time()
+        now_ms = time.time() * 1000
+        delays = []
         for entry in entries:
             if entry.id in skip:
                 continue
-            if entry.kind is Kind.INVALID:
+            if entry.kind is Kind.EVENT:
+                delays.append((now_ms - int(entry.id.split(b"-", 1)[0])) / 1000)
+            elif entry.kind is Kind.INVALID:
                 m.dead_letters.labels(entry.error_code).inc()
                 totals["dead:" + entry.error_code] += 1
                 self.log.warning("dead-lettered", entry_id=entry.id.decode(), error=entry.error)
             elif entry.kind is Kind.GONE:
                 self._count("deleted_pending", 1, m.deleted_pending)
-            elif entry.kind is Kind.EVENT:
-                m.delay_seconds.observe(now - int(entry.id.split(b"-", 1)[0]) / 1000)
+        observe_many(m.delay_seconds, delays)
         for outcome in (*plan.local_outcomes, *result.outcomes):
             m.identify.labels(outcome.value).inc()
             totals["identify:" + outcome.value] += 1
