@@ -18,10 +18,6 @@ from .schema import Entry, Kind
 
 __all__ = ["Plan", "Planner"]
 
-F_RESOLVED = b"resolved_user_id"
-F_SOURCE = b"source_id"
-F_ERROR = b"error"
-F_ERROR_CODE = b"error_code"
 EMIT, DEAD, ACK = b"e", b"d", b"a"
 
 
@@ -34,36 +30,30 @@ class Plan:
         "entries",
         "links",
         "local_outcomes",
-        "n_emit",
-        "n_entries",
         "overlay",
         "resolutions",
+        "roots",
         "tenants",
         "unknown",
-        "verified",
         "verify",
     )
 
     def __init__(self) -> None:
         self.tenants: dict[str, int] = {}
         self.alias_keys: list[str] = []
+        self.roots: dict[str, set[str]] = {}
+        """Per tenant, the ids the batch resolved to as roots: the commit re-checks them."""
         self.verify: list[Any] = []
         self.links: list[Any] = []
         self.entries: list[Any] = []
+        """(entry id, action, a, b) per entry, as commit.lua reads them."""
         self.local_outcomes: list[LinkOutcome] = []
-        self.n_emit = 0
-        self.n_entries = 0
         self.resolutions = 0
         self.cycles = 0
         self.overlay: dict[str, dict[str, str]] = {}
         """Links this batch assumes apply, in stream order, before they are committed."""
-        self.verified: set[tuple[str, str]] = set()
         self.unknown: dict[str, set[str]] = {}
         """Ids the cache could not finish: fetch them and plan again."""
-
-    def ack_only(self, entry_id: bytes) -> None:
-        self.entries.extend((entry_id, ACK, 0))
-        self.n_entries += 1
 
     def key_index(self, tenant: str, key_prefix: str) -> int:
         index = self.tenants.get(tenant)
@@ -72,6 +62,14 @@ class Plan:
             index = self.tenants[tenant] = 3 + len(self.alias_keys)
         return index
 
+    def seal(self, key_prefix: str) -> Plan:
+        """Flatten the roots to check into the script's (key index, id) pairs."""
+        for tenant, roots in self.roots.items():
+            index = self.key_index(tenant, key_prefix)
+            for root in roots:
+                self.verify.extend((index, root))
+        return self
+
     @property
     def n_verify(self) -> int:
         return len(self.verify) // 2
@@ -79,6 +77,10 @@ class Plan:
     @property
     def n_links(self) -> int:
         return len(self.links) // 4
+
+    @property
+    def n_entries(self) -> int:
+        return len(self.entries) // 4
 
     def applied_links(self) -> list[tuple[str, str, str]]:
         """(tenant, prev, user) of the links this plan predicts will apply."""
@@ -119,54 +121,79 @@ class Planner:
         self.cycles = 0
         self.depths: list[int] = []
 
-    def plan(self, entries: list[Entry]) -> Plan:
-        """Plan optimistically from the cache; fetch what it lacked and re-plan until complete.
+    def plan(self, entries: list[Entry], after: Plan | None = None) -> Plan:
+        """Plan from the cache after fetching the ids it has never seen, in one round trip.
 
-        A warm batch is planned in one pass with no I/O; a cold one costs one pipelined
-        round trip per hop level of its deepest unknown chain.
+        A warm batch is planned in one pass with no I/O. Chains the first fetch could not
+        finish are fetched and the batch planned again: one round trip per hop level of
+        the deepest cold chain. ``after`` is a plan whose commit is still in flight: its
+        links are assumed, as they will be applied first.
         """
-        cold: set[tuple[str, str]] = set()
-        plan = self._plan_once(entries, cold)
+        cold = self._fetch_unseen(entries)
+        plan = self._plan_once(entries, cold, after)
         for _ in range(self.max_depth):
             if not plan.unknown:
                 break
             self.resolver.fetch(plan.unknown)
-            plan = self._plan_once(entries, cold)
+            plan = self._plan_once(entries, cold, after)
         self.cache_misses += len(cold)
-        self.cache_hits += plan.resolutions - len(cold)
+        self.cache_hits += max(0, plan.resolutions - len(cold))
         self.cycles += plan.cycles
-        return plan
+        return plan.seal(self.key_prefix)
 
-    def _plan_once(self, entries: list[Entry], cold: set[tuple[str, str]]) -> Plan:
+    def _fetch_unseen(self, entries: list[Entry]) -> set[tuple[str, str]]:
+        get = self.cache.get
+        wanted: dict[str, set[str]] = {}
+        for entry in entries:
+            kind = entry.kind
+            if kind is Kind.EVENT or kind is Kind.IDENTIFY:
+                if get(entry.tenant, entry.user_id) is None:
+                    wanted.setdefault(entry.tenant, set()).add(entry.user_id)
+                if kind is Kind.IDENTIFY and get(entry.tenant, entry.previous_user_id) is None:
+                    wanted.setdefault(entry.tenant, set()).add(entry.previous_user_id)
+        if wanted:
+            self.resolver.fetch(wanted)
+        return {(tenant, uid) for tenant, ids in wanted.items() for uid in ids}
+
+    def _plan_once(
+        self, entries: list[Entry], cold: set[tuple[str, str]], after: Plan | None
+    ) -> Plan:
         plan = Plan()
+        if after is not None:
+            plan.overlay = {tenant: dict(links) for tenant, links in after.overlay.items()}
+        out = plan.entries
+        resolve = self._resolve
         for entry in entries:
             kind = entry.kind
             if kind is Kind.EVENT:
-                self._emit(plan, entry, self._resolve(plan, entry.tenant, entry.user_id, cold))
+                out.extend((entry.id, EMIT, resolve(plan, entry.tenant, entry.user_id, cold), b""))
             elif kind is Kind.IDENTIFY:
                 self._identify(plan, entry, cold)
             elif kind is Kind.INVALID:
-                self._dead(plan, entry)
+                out.extend((entry.id, DEAD, entry.error, entry.error_code))
             else:
-                plan.ack_only(entry.id)
+                out.extend((entry.id, ACK, b"", b""))
         return plan
 
     def _resolve(self, plan: Plan, tenant: str, uid: str, cold: set[tuple[str, str]]) -> str:
-        end, how, hops, used_overlay = walk(
-            self.cache, tenant, uid, self.max_depth, plan.overlay.get(tenant)
-        )
         plan.resolutions += 1
+        if not plan.overlay and self.cache.get(tenant, uid) == uid:
+            end, how, hops, used_overlay = uid, End.ROOT, 0, False  # the common case: a root
+        else:
+            end, how, hops, used_overlay = walk(
+                self.cache, tenant, uid, self.max_depth, plan.overlay.get(tenant)
+            )
         if how is End.ROOT:
-            if (tenant, end) not in plan.verified:
-                plan.verified.add((tenant, end))
-                plan.verify.extend((plan.key_index(tenant, self.key_prefix), end))
+            roots = plan.roots.get(tenant)
+            if roots is None:
+                roots = plan.roots[tenant] = set()
+            roots.add(end)
             if hops > 1 and not used_overlay:
                 self.cache.put(tenant, uid, end)
             if cold and (tenant, uid) in cold:
                 self.depths.append(hops)
         elif how is End.UNKNOWN:
             plan.unknown.setdefault(tenant, set()).add(end)
-            cold.add((tenant, uid))
         else:
             plan.cycles += 1
         return end
@@ -188,34 +215,7 @@ class Planner:
                 (plan.key_index(tenant, self.key_prefix), prev, user, b"1" if applies else b"0")
             )
         if self.forward_identify:
-            self._emit(plan, entry, self._resolve(plan, tenant, user, cold))
+            root = self._resolve(plan, tenant, user, cold)
+            plan.entries.extend((entry.id, EMIT, root, b""))
         else:
-            plan.ack_only(entry.id)
-
-    @staticmethod
-    def _emit(plan: Plan, entry: Entry, root: str) -> None:
-        fields = entry.fields or []
-        plan.entries.extend(
-            (entry.id, EMIT, len(fields) + 4, *fields, F_RESOLVED, root, F_SOURCE, entry.id)
-        )
-        plan.n_emit += 1
-        plan.n_entries += 1
-
-    @staticmethod
-    def _dead(plan: Plan, entry: Entry) -> None:
-        fields = entry.fields or []
-        plan.entries.extend(
-            (
-                entry.id,
-                DEAD,
-                len(fields) + 6,
-                *fields,
-                F_ERROR,
-                entry.error,
-                F_ERROR_CODE,
-                entry.error_code,
-                F_SOURCE,
-                entry.id,
-            )
-        )
-        plan.n_entries += 1
+            plan.entries.extend((entry.id, ACK, b"", b""))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import redis
+from redis.exceptions import NoScriptError, ResponseError
 
 from resolver.links import LinkOutcome
 
 from .batch import Plan
 from .config import Settings
 from .scripts import COMMIT_LUA, Script
+from .wire import Wire
 
 __all__ = ["Committed", "Committer", "Stale"]
 
@@ -37,10 +38,10 @@ def _text(value: Any) -> str:
 
 
 class Committer:
-    __slots__ = ("_fixed", "_keys", "_script")
+    __slots__ = ("_fixed", "_keys", "script")
 
     def __init__(self, settings: Settings) -> None:
-        self._script = Script(COMMIT_LUA)
+        self.script = Script(COMMIT_LUA)
         self._keys = [settings.input_stream, settings.output_stream, settings.dead_stream]
         self._fixed = [
             settings.group,
@@ -49,20 +50,22 @@ class Committer:
             settings.max_chain_depth,
         ]
 
-    def commit(self, client: redis.Redis, plan: Plan) -> Committed | Stale:
-        reply = self._script(
-            client,
-            [*self._keys, *plan.alias_keys],
-            [
-                *self._fixed,
-                plan.n_verify,
-                plan.n_links,
-                plan.n_entries,
-                *plan.verify,
-                *plan.links,
-                *plan.entries,
-            ],
-        )
+    def command(self, plan: Plan) -> list[Any]:
+        """The EVALSHA command for ``plan``, to send on its own or pipelined with a read."""
+        keys = [*self._keys, *plan.alias_keys]
+        return [
+            "EVALSHA", self.script.sha, len(keys), *keys, *self._fixed,
+            plan.n_verify, plan.n_links, plan.n_entries,
+            *plan.verify, *plan.links, *plan.entries,
+        ]  # fmt: skip
+
+    def verdict(self, wire: Wire, plan: Plan, reply: Any) -> Committed | Stale:
+        """Interpret a reply; after a Redis restart (NOSCRIPT) load the script and run again."""
+        if isinstance(reply, NoScriptError):
+            wire.call("SCRIPT", "LOAD", self.script.source)
+            reply = wire.send(self.command(plan)).replies()[0]
+        if isinstance(reply, ResponseError):
+            raise reply
         if reply[0] == 1:
             return Committed(
                 int(reply[1]),
@@ -72,3 +75,6 @@ class Committer:
             )
         roots = [(int(k), _text(uid), _text(cur)) for k, uid, cur in reply[1]]
         return Stale(roots, [int(n) - 1 for n, _ in reply[2]])
+
+    def commit(self, wire: Wire, plan: Plan) -> Committed | Stale:
+        return self.verdict(wire, plan, wire.send(self.command(plan)).replies()[0])

@@ -1,11 +1,16 @@
-"""The daemon: startup -> loop -> shutdown over one consumer of the input stream's group."""
+"""The daemon: startup -> loop -> shutdown over one consumer of the input stream's group.
+
+The loop is a two-stage pipeline: while Redis runs batch N's commit (and the read that
+prefetches batch N+2), Python parses and plans batch N+1 on the assumption that N's links
+apply. Batch N+1's commit is only sent once N's verdict is in, so a refused commit simply
+means planning N+1 again.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
-from collections import Counter
 from typing import Any
 
 import redis
@@ -14,18 +19,20 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from resolver import Resolver
-from resolver.links import LinkOutcome, LinkRules
+from resolver.links import LinkRules
 
+from .accounting import Accountant
 from .backoff import Backoff
 from .batch import Plan, Planner
 from .commit import Committed, Committer, Stale
 from .config import Settings
 from .errors import RedisUnavailableError, StaleCommitError
 from .health import Health
-from .metrics import GroupStats, Metrics, observe_many
-from .schema import Entry, Kind, Parser
+from .metrics import GroupStats, Metrics
+from .schema import Entry, Parser
 from .scripts import DELCONSUMER_LUA, Script
-from .streams import RawEntry, Streams
+from .streams import RawEntry, Streams, entries_of
+from .wire import Wire
 
 __all__ = ["Worker"]
 
@@ -33,6 +40,16 @@ MAX_STALE_RETRIES = 8
 """Each retry re-reads what changed; only a hot, contested id could need more."""
 PROGRESS_EVERY_S = 30.0
 OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class _Ready:
+    """A parsed and planned batch waiting for its commit to be sent."""
+
+    __slots__ = ("entries", "plan")
+
+    def __init__(self, entries: list[Entry], plan: Plan) -> None:
+        self.entries = entries
+        self.plan = plan
 
 
 class Worker:
@@ -50,6 +67,7 @@ class Worker:
         self.log = log
         self.health = health if health is not None else Health(stall_after_s=60.0)
         self.streams = Streams(client, settings.input_stream, settings.group, settings.consumer)
+        self.wire = Wire(client)
         self.parser = Parser(settings.max_event_bytes)
         rules = LinkRules(settings.placeholders)
         self.resolver = Resolver(
@@ -61,13 +79,19 @@ class Worker:
         )
         self.planner = Planner(self.resolver, rules, forward_identify=settings.forward_identify)
         self.committer = Committer(settings)
-        self.totals: Counter[str] = Counter()
+        self.accounts = Accountant(metrics, log)
         self._stop = threading.Event()
         self._delconsumer = Script(DELCONSUMER_LUA)
         self._recover_pending = True
-        metrics.watch_group(self.group_stats)
+        self._ready: _Ready | None = None
+        self._raw: list[RawEntry] = []
         self._next_maintenance = 0.0
         self._next_progress = time.monotonic() + PROGRESS_EVERY_S
+        metrics.watch_group(self.group_stats)
+
+    @property
+    def totals(self) -> Any:
+        return self.accounts.totals
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -99,7 +123,8 @@ class Worker:
         while not self.stopping:
             if self._with_reconnect(self._step) == 0 and drain and self._drained():
                 self.log.info("drained")
-                return
+                break
+        self._with_reconnect(self._settle)
 
     def shutdown(self) -> None:
         self.health.group_ready = False
@@ -111,28 +136,77 @@ class Worker:
     # one iteration -----------------------------------------------------------------------
 
     def _step(self) -> int:
-        """Maintenance when due, then one read of new entries; returns entries handled."""
+        """Recovery and maintenance when due, then one turn of the pipeline."""
         now = time.monotonic()
         self.health.beat()
         if self._recover_pending:
+            self._settle()
             self.recover_own_pending()
             self._recover_pending = False
         if now >= self._next_maintenance:
             self._next_maintenance = now + self.settings.claim_interval_ms / 1000
+            self._settle()
             self.reclaim()
             self.remove_idle_consumers()
         if now >= self._next_progress:
             self._next_progress = now + PROGRESS_EVERY_S
             self.log.info("progress", cache_entries=len(self.resolver.cache), **self.summary())
-        entries = self.streams.read(self.settings.batch_size, self.settings.block_ms)
-        if entries:
-            try:
-                self.process(entries)
-            except StaleCommitError as exc:
-                self.log.error("batch left pending for reclaim", error=str(exc))
-        return len(entries)
+        return self._turn()
+
+    def _turn(self) -> int:
+        """Commit the planned batch while planning the next one; returns entries committed.
+
+        In steady state one round trip carries batch N's commit and the read of batch N+2,
+        and Python plans batch N+1 (assuming N's links) while Redis runs them.
+        """
+        ready, raw = self._ready, self._raw
+        if ready is None:
+            if not raw:
+                raw = self.streams.read(self.settings.batch_size, self.settings.block_ms)
+                if not raw:
+                    return 0
+            ready = self._prepare(raw)
+            raw = self.streams.read(self.settings.batch_size, None)  # something to overlap
+        self._ready, self._raw = None, []
+        block = None if raw else self.settings.block_ms
+        handle = self.wire.send(
+            self.committer.command(ready.plan),
+            self.streams.read_command(self.settings.batch_size, block),
+        )
+        following = self._prepare(raw, after=ready.plan) if raw else None
+        commit_reply, read_reply = handle.replies()
+        if self._land(ready, commit_reply) and following is not None:
+            following = self._prepare(raw)
+        if isinstance(read_reply, ResponseError):
+            raise read_reply
+        self._ready, self._raw = following, entries_of(read_reply)
+        return len(ready.entries)
+
+    def _prepare(self, raw: list[RawEntry], after: Plan | None = None) -> _Ready:
+        entries = [self.parser.parse(eid, fields) for eid, fields in raw]
+        return _Ready(entries, self.planner.plan(entries, after=after))
+
+    def _land(self, ready: _Ready, reply: Any) -> bool:
+        """Account a commit's verdict; a stale one is redone synchronously (returns True)."""
+        result = self.committer.verdict(self.wire, ready.plan, reply)
+        if isinstance(result, Committed):
+            self._finish(ready.entries, ready.plan, result)
+            return False
+        self._forget_stale(ready.plan, result)
+        self._commit_entries(ready.entries)
+        return True
+
+    def _settle(self) -> None:
+        """Commit whatever is planned or held, so nothing is left in hand."""
+        ready, raw = self._ready, self._raw
+        self._ready, self._raw = None, []
+        if ready is not None:
+            self._commit_entries(ready.entries)
+        if raw:
+            self.process(raw)
 
     def _drained(self) -> bool:
+        self._settle()
         return self.reclaim() == 0 and not self.streams.read(1, None, "0")
 
     # recovery ----------------------------------------------------------------------------
@@ -159,10 +233,10 @@ class Worker:
             cursor, entries, deleted = self.streams.autoclaim(
                 self.settings.claim_idle_ms, cursor, self.settings.batch_size
             )
-            self._count("deleted_pending", deleted, self.metrics.deleted_pending)
+            self.accounts.count("deleted_pending", deleted, self.metrics.deleted_pending)
             if entries:
                 self.process(entries, counts=self.streams.delivery_counts(entries))
-                self._count("reclaimed", len(entries), self.metrics.reclaimed)
+                self.accounts.count("reclaimed", len(entries), self.metrics.reclaimed)
                 self.metrics.redeliveries.inc(len(entries))
                 claimed += len(entries)
             if cursor in (b"0-0", "0-0"):
@@ -180,28 +254,28 @@ class Worker:
                 or int(info[b"idle"]) < self.settings.consumer_idle_ms
             ):
                 continue
-            if (
-                self._delconsumer(
-                    self.client,
-                    [self.settings.input_stream],
-                    [self.settings.group, name, self.settings.consumer_idle_ms],
-                )
-                == 1
-            ):
+            removed = self._delconsumer(
+                self.client,
+                [self.settings.input_stream],
+                [self.settings.group, name, self.settings.consumer_idle_ms],
+            )
+            if removed == 1:
                 self.metrics.consumers_removed.inc()
                 self.log.info("removed idle consumer", removed_consumer=name)
 
     # processing --------------------------------------------------------------------------
 
     def process(self, raw: list[RawEntry], counts: dict[bytes, int] | None = None) -> None:
-        started = time.perf_counter()
-        entries = [self._parse(eid, fields, counts) for eid, fields in raw]
-        plan, result = self._commit_with_retries(entries)
-        self._learn_links(plan, result)
-        self._account(entries, plan, result)
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        self.metrics.committed()
-        self.health.beat()
+        """Parse, plan and commit one batch synchronously (recovery, reclaim, tests)."""
+        self._commit_entries([self._parse(eid, fields, counts) for eid, fields in raw])
+
+    def _commit_entries(self, entries: list[Entry]) -> None:
+        try:
+            plan, result = self._commit_with_retries(entries)
+        except StaleCommitError as exc:
+            self.log.error("batch left pending for reclaim", error=str(exc))
+            return
+        self._finish(entries, plan, result)
 
     def _parse(
         self, eid: bytes, fields: list[bytes] | None, counts: dict[bytes, int] | None
@@ -218,7 +292,7 @@ class Worker:
     def _commit_with_retries(self, entries: list[Entry]) -> tuple[Plan, Committed]:
         for _ in range(MAX_STALE_RETRIES):
             plan = self.planner.plan(entries)
-            result = self.committer.commit(self.client, plan)
+            result = self.committer.commit(self.wire, plan)
             if isinstance(result, Committed):
                 return plan, result
             self._forget_stale(plan, result)
@@ -229,74 +303,21 @@ class Worker:
     def _forget_stale(self, plan: Plan, stale: Stale) -> None:
         self.metrics.stale_commits.inc()
         by_index = {index: tenant for tenant, index in plan.tenants.items()}
-        cache = self.resolver.cache
         for index, uid, target in stale.roots:
-            cache.put(by_index[index], uid, target)
+            self.resolver.cache.put(by_index[index], uid, target)
         if stale.links:
-            tenants = {by_index[plan.links[4 * n]] for n in stale.links}
-            self.resolver.forget(tenants)
+            self.resolver.forget({by_index[plan.links[4 * n]] for n in stale.links})
         self.log.info(
             "commit found stale links, retrying", roots=len(stale.roots), links=len(stale.links)
         )
 
-    def _learn_links(self, plan: Plan, result: Committed) -> None:
+    def _finish(self, entries: list[Entry], plan: Plan, result: Committed) -> None:
         cache = self.resolver.cache
         for tenant, prev, user in plan.applied_links():
             cache.put(tenant, prev, user)
-
-    def _account(self, entries: list[Entry], plan: Plan, result: Committed) -> None:
-        m, totals = self.metrics, self.totals
-        n = len(entries)
-        self._count("read", n, m.entries_read)
-        self._count("emitted", result.emitted, m.events_emitted)
-        self._count("duplicates", len(result.duplicates), m.duplicates)
-        skip = {entries[i].id for i in result.duplicates}
-        now_ms = time.time() * 1000
-        delays = []
-        for entry in entries:
-            if entry.id in skip:
-                continue
-            if entry.kind is Kind.EVENT:
-                delays.append((now_ms - int(entry.id.split(b"-", 1)[0])) / 1000)
-            elif entry.kind is Kind.INVALID:
-                m.dead_letters.labels(entry.error_code).inc()
-                totals["dead:" + entry.error_code] += 1
-                self.log.warning("dead-lettered", entry_id=entry.id.decode(), error=entry.error)
-            elif entry.kind is Kind.GONE:
-                self._count("deleted_pending", 1, m.deleted_pending)
-        observe_many(m.delay_seconds, delays)
-        for outcome in (*plan.local_outcomes, *result.outcomes):
-            m.identify.labels(outcome.value).inc()
-            totals["identify:" + outcome.value] += 1
-            if outcome in (LinkOutcome.CONFLICT, LinkOutcome.CYCLE):
-                self.log.info("link refused", outcome=outcome.value)
-        self._resolver_stats()
-        self._next_log_batch(plan, result)
-
-    def _resolver_stats(self) -> None:
-        planner, m = self.planner, self.metrics
-        m.cache_hits.inc(planner.cache_hits)
-        m.cache_misses.inc(planner.cache_misses)
-        m.resolver_cycles.inc(planner.cycles)
-        for depth in planner.depths:
-            m.chain_depth.observe(depth)
-        planner.cache_hits = planner.cache_misses = planner.cycles = 0
-        planner.depths.clear()
-        m.cache_entries.set(len(self.resolver.cache))
-
-    def _next_log_batch(self, plan: Plan, result: Committed) -> None:
-        self.log.debug(
-            "batch committed",
-            entries=plan.n_entries,
-            emitted=result.emitted,
-            dead=result.dead_lettered,
-            links=plan.n_links,
-        )
-
-    def _count(self, name: str, amount: int, counter: Any) -> None:
-        if amount:
-            self.totals[name] += amount
-            counter.inc(amount)
+        self.accounts.batch(entries, plan, result)
+        self.accounts.resolver(self.planner, cache)
+        self.health.beat()
 
     # connection --------------------------------------------------------------------------
 
@@ -331,6 +352,8 @@ class Worker:
             backoff = Backoff(self.settings.reconnect_give_up_s)
             self.health.connected = False
             self.metrics.redis_up.set(0)
+            # what was in hand is pending in Redis (or committed): recovery re-reads it
+            self._ready, self._raw = None, []
             self.log.warning("redis unavailable, reconnecting", error=str(exc))
         if backoff.expired:
             raise RedisUnavailableError(

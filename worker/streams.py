@@ -11,7 +11,7 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
-__all__ = ["RawEntry", "Streams", "command"]
+__all__ = ["RawEntry", "Streams", "command", "entries_of"]
 
 RawEntry = tuple[bytes, list[bytes] | None]
 """(entry id, flat field/value list), or None as payload for an entry deleted while pending."""
@@ -50,16 +50,15 @@ class Streams:
             raise
         return True
 
-    def read(self, count: int, block_ms: int | None, start: str = ">") -> list[RawEntry]:
+    def read_command(self, count: int, block_ms: int | None, start: str = ">") -> list[Any]:
         """XREADGROUP; ``start`` ``>`` reads new entries, an id re-reads our own pending ones."""
-        args: list[Any] = ["GROUP", self.group, self.consumer, "COUNT", count]
+        args: list[Any] = ["XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count]
         if block_ms is not None:
             args += ["BLOCK", block_ms]
-        reply = command(self.client, "XREADGROUP", *args, "STREAMS", self.stream, start)
-        if not reply:
-            return []
-        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-        return [(eid, fields) for eid, fields in entries]
+        return [*args, "STREAMS", self.stream, start]
+
+    def read(self, count: int, block_ms: int | None, start: str = ">") -> list[RawEntry]:
+        return entries_of(command(self.client, *self.read_command(count, block_ms, start)))
 
     def autoclaim(
         self, min_idle_ms: int, cursor: bytes, count: int
@@ -109,6 +108,14 @@ class Streams:
             if info.get(b"name") == self.group.encode():
                 return info
         return None
+
+
+def entries_of(reply: Any) -> list[RawEntry]:
+    """The entries of an XREADGROUP reply on one stream (RESP2 list or RESP3 map)."""
+    if not reply:
+        return []
+    entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+    return [(eid, fields) for eid, fields in entries]
 
 
 def _pairs(row: list[Any] | dict[bytes, Any]) -> dict[bytes, Any]:

@@ -6,7 +6,8 @@
 -- ARGV: group, output maxlen, dead maxlen, max depth, n_verify, n_links, n_entries, then
 --   n_verify x (alias key index, id)                 ids the worker resolved to as roots
 --   n_links  x (alias key index, prev, user, expect)  expect '1' if the worker assumed it applies
---   n_entries x (entry id, action, n_fields, fields...) action: e=emit, d=dead-letter, a=ack only
+--   n_entries x (entry id, action, a, b)  e=emit (a: resolved id), d=dead-letter (a: error,
+--                                          b: error code), a=ack only
 -- Returns {0, {key index, id, current}..., {link index, current}...} when an assumption was
 -- stale (nothing written), else {1, emitted, dead_lettered, {duplicate entry indexes},
 -- {outcome per link}}.
@@ -52,28 +53,42 @@ for key, staged in pairs(pending) do
   end
 end
 
-local function xadd(stream, maxlen, first, count)
+local function xadd(stream, maxlen, fields)
   if maxlen == '0' then
-    return redis.call('XADD', stream, '*', unpack(ARGV, first, first + count - 1))
+    return redis.call('XADD', stream, '*', unpack(fields))
   end
-  return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, first, first + count - 1))
+  return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+end
+
+-- The payload is copied here, inside Redis, so the worker sends only ids and verdicts.
+local function input_fields(id)
+  local rows = redis.call('XRANGE', input, id, id)
+  if #rows == 0 then return nil end  -- deleted or trimmed since it was read
+  return rows[1][2]
 end
 
 local emitted, dead_lettered, duplicates = 0, 0, {}
 for n = 1, n_entries do
-  local id, action, n_fields = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local id, action = ARGV[i], ARGV[i + 1]
   if redis.call('XACK', input, group, id) == 1 then
-    if action == 'e' then
-      xadd(output, out_maxlen, i + 3, n_fields)
+    local fields = action ~= 'a' and input_fields(id)
+    if fields and action == 'e' then
+      local k = #fields
+      fields[k + 1], fields[k + 2], fields[k + 3], fields[k + 4] =
+        'resolved_user_id', ARGV[i + 2], 'source_id', id
+      xadd(output, out_maxlen, fields)
       emitted = emitted + 1
-    elseif action == 'd' then
-      xadd(dead, dead_maxlen, i + 3, n_fields)
+    elseif fields and action == 'd' then
+      local k = #fields
+      fields[k + 1], fields[k + 2], fields[k + 3], fields[k + 4], fields[k + 5], fields[k + 6] =
+        'error', ARGV[i + 2], 'error_code', ARGV[i + 3], 'source_id', id
+      xadd(dead, dead_maxlen, fields)
       dead_lettered = dead_lettered + 1
     end
   else
     duplicates[#duplicates + 1] = n
   end
-  i = i + 3 + n_fields
+  i = i + 4
 end
 
 return {1, emitted, dead_lettered, duplicates, outcomes}

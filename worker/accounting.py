@@ -1,0 +1,84 @@
+"""What a committed batch adds to the metrics, the run's totals and the log."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from resolver import AliasCache
+from resolver.links import LinkOutcome
+
+from .batch import Plan, Planner
+from .commit import Committed
+from .metrics import Metrics, observe_many
+from .schema import Entry, Kind
+
+__all__ = ["Accountant"]
+
+REFUSED = (LinkOutcome.CONFLICT, LinkOutcome.CYCLE)
+
+
+class Accountant:
+    __slots__ = ("log", "metrics", "totals")
+
+    def __init__(self, metrics: Metrics, log: Any) -> None:
+        self.metrics = metrics
+        self.log = log
+        self.totals: Counter[str] = Counter()
+
+    def count(self, name: str, amount: int, counter: Any) -> None:
+        if amount:
+            self.totals[name] += amount
+            counter.inc(amount)
+
+    def batch(self, entries: list[Entry], plan: Plan, result: Committed) -> None:
+        m = self.metrics
+        self.count("read", len(entries), m.entries_read)
+        self.count("emitted", result.emitted, m.events_emitted)
+        self.count("duplicates", len(result.duplicates), m.duplicates)
+        skip = {entries[i].id for i in result.duplicates}
+        now_ms = time.time() * 1000
+        delays = []
+        for entry in entries:
+            if entry.id in skip:
+                continue
+            if entry.kind is Kind.EVENT:
+                delays.append((now_ms - int(entry.id.split(b"-", 1)[0])) / 1000)
+            elif entry.kind is Kind.INVALID:
+                self._dead_letter(entry)
+            elif entry.kind is Kind.GONE:
+                self.count("deleted_pending", 1, m.deleted_pending)
+        observe_many(m.delay_seconds, delays)
+        self._links(plan, result)
+        m.committed()
+        self.log.debug(
+            "batch committed",
+            first_id=entries[0].id.decode(),
+            last_id=entries[-1].id.decode(),
+            emitted=result.emitted,
+            dead=result.dead_lettered,
+            links=plan.n_links,
+        )
+
+    def _dead_letter(self, entry: Entry) -> None:
+        self.metrics.dead_letters.labels(entry.error_code).inc()
+        self.totals["dead:" + entry.error_code] += 1
+        self.log.warning("dead-lettered", entry_id=entry.id.decode(), error=entry.error)
+
+    def _links(self, plan: Plan, result: Committed) -> None:
+        for outcome in (*plan.local_outcomes, *result.outcomes):
+            self.metrics.identify.labels(outcome.value).inc()
+            self.totals["identify:" + outcome.value] += 1
+            if outcome in REFUSED:
+                self.log.info("link refused", outcome=outcome.value)
+
+    def resolver(self, planner: Planner, cache: AliasCache) -> None:
+        m = self.metrics
+        m.cache_hits.inc(planner.cache_hits)
+        m.cache_misses.inc(planner.cache_misses)
+        m.resolver_cycles.inc(planner.cycles)
+        observe_many(m.chain_depth, planner.depths)
+        planner.cache_hits = planner.cache_misses = planner.cycles = 0
+        planner.depths.clear()
+        m.cache_entries.set(len(cache))
