@@ -4,11 +4,12 @@ from .cache import AliasCache
 from .links import LinkOutcome, LinkRules
 from .placeholders import PlaceholderRule
 from .resolver import DEFAULT_KEY_PREFIX, DEFAULT_MAX_DEPTH, Resolver
-from .walk import End, walk
+from .walk import UNRESOLVED, End, walk
 
 __all__ = [
     "DEFAULT_KEY_PREFIX",
     "DEFAULT_MAX_DEPTH",
+    "UNRESOLVED",
     "AliasCache",
     "End",
     "LinkOutcome",

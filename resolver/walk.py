@@ -10,7 +10,10 @@ from enum import IntEnum
 
 from .cache import AliasCache
 
-__all__ = ["End", "cycle_representative", "walk"]
+__all__ = ["UNRESOLVED", "End", "cycle_representative", "walk"]
+
+UNRESOLVED = "\x00unresolved"
+"""Overlay value for an id whose next hop is decided elsewhere (by a commit script)."""
 
 
 class End(IntEnum):
@@ -39,6 +42,8 @@ def walk(
         if overlay is not None:
             nxt = overlay.get(node)
             if nxt is not None:
+                if nxt is UNRESOLVED:
+                    return node, End.UNKNOWN, hops, True
                 used_overlay = True
         if nxt is None:
             nxt = cache.get(tenant, node)

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resolver import PlaceholderRule
-from tests.helpers import INPUT, add, event, identify, make_worker, resolved_by_source
+from tests.helpers import INPUT, add, drain, event, identify, make_worker, resolved_by_source
 from tests.redis_proc import RedisServer
 from worker import Worker
 
@@ -95,7 +95,14 @@ def _cycle(values: list[int]) -> Iterator[int]:
         yield from values
 
 
-def check(client: redis.Redis, ops: list[Op], replicas: int, batch_sizes: list[int]) -> None:
+def check(
+    client: redis.Redis,
+    ops: list[Op],
+    replicas: int,
+    batch_sizes: list[int],
+    *,
+    pipelined: bool = False,
+) -> None:
     client.flushall()
     model = Model()
     expected: dict[str, str] = {}
@@ -105,7 +112,10 @@ def check(client: redis.Redis, ops: list[Op], replicas: int, batch_sizes: list[i
             model.identify(tenant, user, prev)
         else:
             expected[add(client, tenant, event(user))] = model.resolve(tenant, user)
-    workers = run_workers(client, replicas, batch_sizes)
+    if pipelined:
+        workers = [drain(client, batch_size=batch_sizes[0], consumer="daemon")]
+    else:
+        workers = run_workers(client, replicas, batch_sizes)
     for tenant in TENANTS:
         stored = {k.decode(): v.decode() for k, v in client.hgetall(f"alias:{tenant}").items()}
         assert stored == model.links.get(tenant, {})
@@ -148,3 +158,10 @@ def test_workers_match_the_model_on_real_redis(
 ) -> None:
     """The same property on a real redis-server, where the Lua commit really runs."""
     check(redis_server.client(), ops, replicas, batch_sizes)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=ops_strategy, batch_size=st.integers(1, 6))
+def test_the_daemon_loop_matches_the_model(ops: list[Op], batch_size: int) -> None:
+    """The pipelined loop (plan N+1 while N commits) gives exactly the sequential answer."""
+    check(fakeredis.FakeRedis(protocol=2), ops, 1, [batch_size], pipelined=True)

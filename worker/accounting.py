@@ -9,7 +9,7 @@ from typing import Any
 from resolver import AliasCache
 from resolver.links import LinkOutcome
 
-from .batch import Plan, Planner
+from .batch import Plan
 from .commit import Committed
 from .metrics import Metrics, observe_many
 from .schema import Entry, Kind
@@ -58,7 +58,7 @@ class Accountant:
             last_id=entries[-1].id.decode(),
             emitted=result.emitted,
             dead=result.dead_lettered,
-            links=plan.n_links,
+            links=len(plan.links),
         )
 
     def _dead_letter(self, entry: Entry) -> None:
@@ -73,12 +73,11 @@ class Accountant:
             if outcome in REFUSED:
                 self.log.info("link refused", outcome=outcome.value)
 
-    def resolver(self, planner: Planner, cache: AliasCache) -> None:
+    def resolver(self, plan: Plan, result: Committed, cache: AliasCache) -> None:
         m = self.metrics
-        m.cache_hits.inc(planner.cache_hits)
-        m.cache_misses.inc(planner.cache_misses)
-        m.resolver_cycles.inc(planner.cycles)
-        observe_many(m.chain_depth, planner.depths)
-        planner.cache_hits = planner.cache_misses = planner.cycles = 0
-        planner.depths.clear()
+        m.cache_hits.inc(plan.resolutions - plan.deferred)
+        m.cache_misses.inc(plan.deferred)
+        depths = [d for d in result.depths if d >= 0]
+        m.resolver_cycles.inc(len(result.depths) - len(depths))
+        observe_many(m.chain_depth, depths)
         m.cache_entries.set(len(cache))

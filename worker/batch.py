@@ -11,14 +11,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from resolver import AliasCache, End, Resolver, walk
+from resolver import UNRESOLVED, AliasCache, End, Resolver, walk
 from resolver.links import LinkOutcome, LinkRules
 
 from .schema import Entry, Kind
 
 __all__ = ["Plan", "Planner"]
 
-EMIT, DEAD, ACK = b"e", b"d", b"a"
+EMIT, RESOLVE, DEAD, ACK = b"e", b"r", b"d", b"a"
+LINK, LINK_EMIT = b"l", b"L"
+APPLIES, REFUSED, UNKNOWN = b"1", b"0", b"?"
+F_RESOLVED, F_SOURCE, F_ERROR, F_ERROR_CODE = (
+    b"resolved_user_id",
+    b"source_id",
+    b"error",
+    b"error_code",
+)
 
 
 class Plan:
@@ -26,15 +34,15 @@ class Plan:
 
     __slots__ = (
         "alias_keys",
-        "cycles",
+        "deferred",
         "entries",
         "links",
         "local_outcomes",
+        "n_entries",
         "overlay",
         "resolutions",
         "roots",
         "tenants",
-        "unknown",
         "verify",
     )
 
@@ -44,16 +52,17 @@ class Plan:
         self.roots: dict[str, set[str]] = {}
         """Per tenant, the ids the batch resolved to as roots: the commit re-checks them."""
         self.verify: list[Any] = []
-        self.links: list[Any] = []
         self.entries: list[Any] = []
-        """(entry id, action, a, b) per entry, as commit.lua reads them."""
+        """Per entry (id, action, args...) as commit.lua reads them."""
+        self.n_entries = 0
+        self.links: list[tuple[str, str, str]] = []
+        """(tenant, prev, user) of every identify sent to the script, in order."""
         self.local_outcomes: list[LinkOutcome] = []
         self.resolutions = 0
-        self.cycles = 0
+        self.deferred = 0
+        """Ids the cache could not resolve: the commit script resolves them."""
         self.overlay: dict[str, dict[str, str]] = {}
         """Links this batch assumes apply, in stream order, before they are committed."""
-        self.unknown: dict[str, set[str]] = {}
-        """Ids the cache could not finish: fetch them and plan again."""
 
     def key_index(self, tenant: str, key_prefix: str) -> int:
         index = self.tenants.get(tenant)
@@ -63,101 +72,38 @@ class Plan:
         return index
 
     def seal(self, key_prefix: str) -> Plan:
-        """Flatten the roots to check into the script's (key index, id) pairs."""
+        """Flatten the roots to check into the script's (key index, count, ids...) groups."""
         for tenant, roots in self.roots.items():
-            index = self.key_index(tenant, key_prefix)
-            for root in roots:
-                self.verify.extend((index, root))
+            self.verify.extend((self.key_index(tenant, key_prefix), len(roots), *roots))
         return self
 
     @property
     def n_verify(self) -> int:
-        return len(self.verify) // 2
+        return len(self.roots)
 
-    @property
-    def n_links(self) -> int:
-        return len(self.links) // 4
-
-    @property
-    def n_entries(self) -> int:
-        return len(self.entries) // 4
-
-    def applied_links(self) -> list[tuple[str, str, str]]:
-        """(tenant, prev, user) of the links this plan predicts will apply."""
-        by_index = {index: tenant for tenant, index in self.tenants.items()}
-        links = self.links
-        return [
-            (by_index[links[i]], links[i + 1], links[i + 2])
-            for i in range(0, len(links), 4)
-            if links[i + 3] == b"1"
-        ]
+    def tenant_of(self) -> dict[int, str]:
+        return {index: tenant for tenant, index in self.tenants.items()}
 
 
 class Planner:
-    """Resolves a batch and builds its :class:`Plan`; owns no I/O but the resolver's fetch."""
+    """Resolves a batch from the cache and builds its :class:`Plan`; does no I/O.
 
-    __slots__ = (
-        "cache",
-        "cache_hits",
-        "cache_misses",
-        "cycles",
-        "depths",
-        "forward_identify",
-        "key_prefix",
-        "max_depth",
-        "resolver",
-        "rules",
-    )
+    What the cache cannot answer (ids never seen, links whose outcome depends on them) is
+    left to the commit script, which resolves it atomically with the emit and reports what
+    it read so the cache learns it: every batch costs exactly one round trip.
+    """
+
+    __slots__ = ("cache", "forward_identify", "key_prefix", "max_depth", "rules")
 
     def __init__(self, resolver: Resolver, rules: LinkRules, *, forward_identify: bool) -> None:
-        self.resolver = resolver
         self.cache: AliasCache = resolver.cache
         self.key_prefix = resolver.key_prefix
         self.max_depth = resolver.max_depth
         self.rules = rules
         self.forward_identify = forward_identify
-        self.cache_hits = 0
-        self.cache_misses = 0
-        self.cycles = 0
-        self.depths: list[int] = []
 
     def plan(self, entries: list[Entry], after: Plan | None = None) -> Plan:
-        """Plan from the cache after fetching the ids it has never seen, in one round trip.
-
-        A warm batch is planned in one pass with no I/O. Chains the first fetch could not
-        finish are fetched and the batch planned again: one round trip per hop level of
-        the deepest cold chain. ``after`` is a plan whose commit is still in flight: its
-        links are assumed, as they will be applied first.
-        """
-        cold = self._fetch_unseen(entries)
-        plan = self._plan_once(entries, cold, after)
-        for _ in range(self.max_depth):
-            if not plan.unknown:
-                break
-            self.resolver.fetch(plan.unknown)
-            plan = self._plan_once(entries, cold, after)
-        self.cache_misses += len(cold)
-        self.cache_hits += max(0, plan.resolutions - len(cold))
-        self.cycles += plan.cycles
-        return plan.seal(self.key_prefix)
-
-    def _fetch_unseen(self, entries: list[Entry]) -> set[tuple[str, str]]:
-        get = self.cache.get
-        wanted: dict[str, set[str]] = {}
-        for entry in entries:
-            kind = entry.kind
-            if kind is Kind.EVENT or kind is Kind.IDENTIFY:
-                if get(entry.tenant, entry.user_id) is None:
-                    wanted.setdefault(entry.tenant, set()).add(entry.user_id)
-                if kind is Kind.IDENTIFY and get(entry.tenant, entry.previous_user_id) is None:
-                    wanted.setdefault(entry.tenant, set()).add(entry.previous_user_id)
-        if wanted:
-            self.resolver.fetch(wanted)
-        return {(tenant, uid) for tenant, ids in wanted.items() for uid in ids}
-
-    def _plan_once(
-        self, entries: list[Entry], cold: set[tuple[str, str]], after: Plan | None
-    ) -> Plan:
+        """``after`` is a plan whose commit runs first: its links are assumed."""
         plan = Plan()
         if after is not None:
             plan.overlay = {tenant: dict(links) for tenant, links in after.overlay.items()}
@@ -166,56 +112,99 @@ class Planner:
         for entry in entries:
             kind = entry.kind
             if kind is Kind.EVENT:
-                out.extend((entry.id, EMIT, resolve(plan, entry.tenant, entry.user_id, cold), b""))
+                root = resolve(plan, entry.tenant, entry.user_id)
+                fields = entry.fields or ()
+                if root is None:
+                    index = plan.key_index(entry.tenant, self.key_prefix)
+                    out.extend((entry.id, RESOLVE, len(fields), *fields, index, entry.user_id))
+                else:
+                    out.extend(
+                        (
+                            entry.id,
+                            EMIT,
+                            len(fields) + 4,
+                            *fields,
+                            F_RESOLVED,
+                            root,
+                            F_SOURCE,
+                            entry.id,
+                        )
+                    )
             elif kind is Kind.IDENTIFY:
-                self._identify(plan, entry, cold)
+                self._identify(plan, entry)
             elif kind is Kind.INVALID:
-                out.extend((entry.id, DEAD, entry.error, entry.error_code))
+                fields = entry.fields or ()
+                out.extend(
+                    (
+                        entry.id,
+                        DEAD,
+                        len(fields) + 6,
+                        *fields,
+                        F_ERROR,
+                        entry.error,
+                        F_ERROR_CODE,
+                        entry.error_code,
+                        F_SOURCE,
+                        entry.id,
+                    )
+                )
             else:
-                out.extend((entry.id, ACK, b"", b""))
-        return plan
+                out.extend((entry.id, ACK, 0))
+        plan.n_entries = len(entries)
+        return plan.seal(self.key_prefix)
 
-    def _resolve(self, plan: Plan, tenant: str, uid: str, cold: set[tuple[str, str]]) -> str:
+    def _resolve(self, plan: Plan, tenant: str, uid: str) -> str | None:
+        """The root from the cache (recorded for verification), or None to defer."""
         plan.resolutions += 1
         if not plan.overlay and self.cache.get(tenant, uid) == uid:
-            end, how, hops, used_overlay = uid, End.ROOT, 0, False  # the common case: a root
+            end, how, hops, used_overlay = uid, End.ROOT, 0, False  # the common case
         else:
             end, how, hops, used_overlay = walk(
                 self.cache, tenant, uid, self.max_depth, plan.overlay.get(tenant)
             )
-        if how is End.ROOT:
-            roots = plan.roots.get(tenant)
-            if roots is None:
-                roots = plan.roots[tenant] = set()
-            roots.add(end)
-            if hops > 1 and not used_overlay:
-                self.cache.put(tenant, uid, end)
-            if cold and (tenant, uid) in cold:
-                self.depths.append(hops)
-        elif how is End.UNKNOWN:
-            plan.unknown.setdefault(tenant, set()).add(end)
-        else:
-            plan.cycles += 1
+        if how is not End.ROOT:
+            plan.deferred += 1
+            return None
+        roots = plan.roots.get(tenant)
+        if roots is None:
+            roots = plan.roots[tenant] = set()
+        roots.add(end)
+        if hops > 1 and not used_overlay:
+            self.cache.put(tenant, uid, end)
         return end
 
-    def _identify(self, plan: Plan, entry: Entry, cold: set[tuple[str, str]]) -> None:
+    def _identify(self, plan: Plan, entry: Entry) -> None:
         tenant, prev, user = entry.tenant, entry.previous_user_id, entry.user_id
         is_placeholder = self.rules.is_placeholder
-        if is_placeholder(prev) or is_placeholder(user):
-            plan.local_outcomes.append(LinkOutcome.PLACEHOLDER)
-        elif prev == user:
-            plan.local_outcomes.append(LinkOutcome.NOOP)
+        placeholder = is_placeholder(prev) or is_placeholder(user)
+        if placeholder or prev == user:
+            outcome = LinkOutcome.PLACEHOLDER if placeholder else LinkOutcome.NOOP
+            plan.local_outcomes.append(outcome)
+            if self.forward_identify:
+                index = plan.key_index(tenant, self.key_prefix)
+                fields = entry.fields or ()
+                plan.entries.extend((entry.id, RESOLVE, len(fields), *fields, index, user))
+            else:
+                plan.entries.extend((entry.id, ACK, 0))
+            return
+        prev_end = self._resolve(plan, tenant, prev)
+        user_end = self._resolve(plan, tenant, user) if prev_end in (prev, None) else None
+        if prev_end is not None and prev_end != prev:
+            expect = REFUSED  # prev already links elsewhere: noop or conflict
+        elif prev_end is None or user_end is None:
+            expect = UNKNOWN
+            plan.overlay.setdefault(tenant, {})[prev] = UNRESOLVED
+        elif user_end == prev:
+            expect = REFUSED  # would close a cycle
         else:
-            prev_end = self._resolve(plan, tenant, prev, cold)
-            user_end = self._resolve(plan, tenant, user, cold)
-            applies = prev_end == prev and user_end != prev
-            if applies:
-                plan.overlay.setdefault(tenant, {})[prev] = user
-            plan.links.extend(
-                (plan.key_index(tenant, self.key_prefix), prev, user, b"1" if applies else b"0")
-            )
+            expect = APPLIES
+            plan.overlay.setdefault(tenant, {})[prev] = user
+        index = plan.key_index(tenant, self.key_prefix)
         if self.forward_identify:
-            root = self._resolve(plan, tenant, user, cold)
-            plan.entries.extend((entry.id, EMIT, root, b""))
+            fields = entry.fields or ()
+            plan.entries.extend(
+                (entry.id, LINK_EMIT, len(fields), *fields, index, prev, user, expect)
+            )
         else:
-            plan.entries.extend((entry.id, ACK, b"", b""))
+            plan.entries.extend((entry.id, LINK, 0, index, prev, user, expect))
+        plan.links.append((tenant, prev, user))

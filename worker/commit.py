@@ -22,6 +22,11 @@ class Committed(NamedTuple):
     duplicates: list[int]
     """0-based indexes (in plan order) of entries that were already acked: not re-emitted."""
     outcomes: list[LinkOutcome]
+    """One per link of the plan, in order."""
+    depths: list[int]
+    """Chain depth of each id the script resolved; -1 where it met a cycle."""
+    learned: list[tuple[int, str, str | None]]
+    """(alias key index, id, target or None) for every link the script read."""
 
 
 class Stale(NamedTuple):
@@ -55,8 +60,7 @@ class Committer:
         keys = [*self._keys, *plan.alias_keys]
         return [
             "EVALSHA", self.script.sha, len(keys), *keys, *self._fixed,
-            plan.n_verify, plan.n_links, plan.n_entries,
-            *plan.verify, *plan.links, *plan.entries,
+            plan.n_verify, plan.n_entries, *plan.verify, *plan.entries,
         ]  # fmt: skip
 
     def verdict(self, wire: Wire, plan: Plan, reply: Any) -> Committed | Stale:
@@ -67,11 +71,21 @@ class Committer:
         if isinstance(reply, ResponseError):
             raise reply
         if reply[0] == 1:
+            learned = reply[6]
             return Committed(
                 int(reply[1]),
                 int(reply[2]),
                 [int(n) - 1 for n in reply[3]],
                 [LinkOutcome(_text(o)) for o in reply[4]],
+                [int(d) for d in reply[5][1::2]],
+                [
+                    (
+                        int(learned[k]),
+                        _text(learned[k + 1]),
+                        learned[k + 2] and _text(learned[k + 2]),
+                    )
+                    for k in range(0, len(learned), 3)
+                ],
             )
         roots = [(int(k), _text(uid), _text(cur)) for k, uid, cur in reply[1]]
         return Stale(roots, [int(n) - 1 for n, _ in reply[2]])

@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from resolver import Resolver
-from resolver.links import LinkRules
+from resolver.links import LinkOutcome, LinkRules
 
 from .accounting import Accountant
 from .backoff import Backoff
@@ -302,21 +302,25 @@ class Worker:
 
     def _forget_stale(self, plan: Plan, stale: Stale) -> None:
         self.metrics.stale_commits.inc()
-        by_index = {index: tenant for tenant, index in plan.tenants.items()}
+        tenant_of = plan.tenant_of()
         for index, uid, target in stale.roots:
-            self.resolver.cache.put(by_index[index], uid, target)
+            self.resolver.cache.put(tenant_of[index], uid, target)
         if stale.links:
-            self.resolver.forget({by_index[plan.links[4 * n]] for n in stale.links})
+            self.resolver.forget({plan.links[n][0] for n in stale.links})
         self.log.info(
             "commit found stale links, retrying", roots=len(stale.roots), links=len(stale.links)
         )
 
     def _finish(self, entries: list[Entry], plan: Plan, result: Committed) -> None:
         cache = self.resolver.cache
-        for tenant, prev, user in plan.applied_links():
-            cache.put(tenant, prev, user)
+        tenant_of = plan.tenant_of()
+        for index, uid, target in result.learned:
+            cache.put(tenant_of[index], uid, target if target is not None else uid)
+        for (tenant, prev, user), outcome in zip(plan.links, result.outcomes, strict=True):
+            if outcome is LinkOutcome.APPLIED:
+                cache.put(tenant, prev, user)
         self.accounts.batch(entries, plan, result)
-        self.accounts.resolver(self.planner, cache)
+        self.accounts.resolver(plan, result, cache)
         self.health.beat()
 
     # connection --------------------------------------------------------------------------

@@ -1,46 +1,107 @@
--- Commits one batch atomically: verify what the worker assumed, apply its links, then
--- XACK every entry and emit only where XACK returned 1, so a redelivered or doubly
--- claimed entry can never be emitted twice. Nothing is written unless every check passes.
+-- Commits one batch atomically and exactly once.
+--
+-- 1. Check every root the worker took from its cache (HMGET per alias hash).
+-- 2. Walk the batch in stream order without writing: decide each identify's link under the
+--    forest rules (seeing the batch's earlier links), compare with what the worker predicted,
+--    and resolve the events the worker could not resolve from its cache.
+-- 3. If any assumption was stale, return it and write nothing. Otherwise write the links,
+--    XACK every entry and emit only where XACK returned 1, so a redelivered or doubly claimed
+--    entry is never emitted twice. Payloads are copied from the input stream here, so the
+--    worker sends only ids and verdicts.
 --
 -- KEYS: input stream, output stream, dead-letter stream, alias hashes...
--- ARGV: group, output maxlen, dead maxlen, max depth, n_verify, n_links, n_entries, then
---   n_verify x (alias key index, id)                 ids the worker resolved to as roots
---   n_links  x (alias key index, prev, user, expect)  expect '1' if the worker assumed it applies
---   n_entries x (entry id, action, a, b)  e=emit (a: resolved id), d=dead-letter (a: error,
---                                          b: error code), a=ack only
--- Returns {0, {key index, id, current}..., {link index, current}...} when an assumption was
--- stale (nothing written), else {1, emitted, dead_lettered, {duplicate entry indexes},
--- {outcome per link}}.
+-- ARGV: group, output maxlen, dead maxlen, max depth, n_verify, n_entries, then
+--   n_verify groups: (alias key index, count, ids...)   roots the worker relied on
+--   n_entries x (id, action, n, n output fields, action arguments):
+--     'e'  fields end with resolved_user_id and source_id: emit as they are
+--     'd'  fields end with error, error_code and source_id: dead-letter as they are
+--     'r'  + key_index user: emit after resolving user here
+--     'a'  (n = 0) ack only
+--     'l'  (n = 0) + key_index prev user expect: link ('1' applies, '0' not, '?' unknown)
+--     'L'  + key_index prev user expect: link, then emit after resolving user here
+--   The worker sends each payload back with its verdict: cheaper for Redis than re-reading
+--   it, and the output entry is written straight from ARGV.
+-- Returns {0, {key index, id, current}..., {link ordinal, current}...} when stale, else
+-- {1, emitted, dead_lettered, {duplicate entry ordinals}, {outcome per link},
+--  {root, depth per resolved entry}, {key index, id, target or false per link read}}.
 
 local input, output, dead = KEYS[1], KEYS[2], KEYS[3]
-local group = ARGV[1]
-local out_maxlen, dead_maxlen = ARGV[2], ARGV[3]
+local group, out_maxlen, dead_maxlen = ARGV[1], ARGV[2], ARGV[3]
 local max_depth = tonumber(ARGV[4])
-local n_verify, n_links, n_entries = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local i = 8
+local n_verify, n_entries = tonumber(ARGV[5]), tonumber(ARGV[6])
+local i = 7
+local CHUNK = 4000  -- stays well below Lua's unpack() limit
 
 local stale_roots = {}
 for _ = 1, n_verify do
-  local key = KEYS[tonumber(ARGV[i])]
-  local current = redis.call('HGET', key, ARGV[i + 1])
-  if current then
-    stale_roots[#stale_roots + 1] = {ARGV[i], ARGV[i + 1], current}
+  local index, count = ARGV[i], tonumber(ARGV[i + 1])
+  local key = KEYS[tonumber(index)]
+  for first = i + 2, i + 1 + count, CHUNK do
+    local last = math.min(first + CHUNK - 1, i + 1 + count)
+    local current = redis.call('HMGET', key, unpack(ARGV, first, last))
+    for k = 1, #current do
+      if current[k] then
+        stale_roots[#stale_roots + 1] = {index, ARGV[first + k - 1], current[k]}
+      end
+    end
   end
-  i = i + 2
+  i = i + 2 + count
 end
 
-local pending = {}
-local outcomes, stale_links = {}, {}
-for n = 1, n_links do
-  local key = KEYS[tonumber(ARGV[i])]
-  local prev, user, expect = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local outcome, current = decide_link(key, prev, user, max_depth, pending)
-  if outcome == 'applied' then stage_link(key, prev, user, pending) end
-  if (outcome == 'applied') ~= (expect == '1') then
-    stale_links[#stale_links + 1] = {n, current or false}
+local EXTRA = {e = 0, d = 0, a = 0, r = 2, l = 4, L = 4}
+local pending, learned = {}, {}
+
+-- Resolve with the batch's earlier links; a foreign cycle resolves to its smallest member.
+local function resolve(index, key, id)
+  local node, seen, path = id, {}, {}
+  for depth = 0, max_depth do
+    if seen[node] then
+      local smallest = node
+      for k = seen[node], #path do
+        if path[k] < smallest then smallest = path[k] end
+      end
+      return smallest, -1
+    end
+    path[#path + 1] = node
+    seen[node] = #path
+    local target = link_target(key, node, pending)
+    learned[#learned + 1] = index
+    learned[#learned + 1] = node
+    learned[#learned + 1] = target or false
+    if not target then return node, depth end
+    node = target
   end
-  outcomes[n] = outcome
-  i = i + 4
+  return node, max_depth
+end
+
+local start = i
+local outcomes, stale_links, resolved, roots = {}, {}, {}, {}
+for n = 1, n_entries do
+  local action = ARGV[i + 1]
+  local a = i + 3 + tonumber(ARGV[i + 2])  -- first action argument
+  if action == 'l' or action == 'L' then
+    local index = ARGV[a]
+    local key = KEYS[tonumber(index)]
+    local prev, user, expect = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+    local outcome, current = decide_link(key, prev, user, max_depth, pending)
+    if outcome == 'applied' then stage_link(key, prev, user, pending) end
+    if expect ~= '?' and (outcome == 'applied') ~= (expect == '1') then
+      stale_links[#stale_links + 1] = {#outcomes + 1, current or false}
+    end
+    outcomes[#outcomes + 1] = outcome
+    if action == 'L' then
+      local root, depth = resolve(index, key, user)
+      roots[n] = root
+      resolved[#resolved + 1] = root
+      resolved[#resolved + 1] = depth
+    end
+  elseif action == 'r' then
+    local root, depth = resolve(ARGV[a], KEYS[tonumber(ARGV[a])], ARGV[a + 1])
+    roots[n] = root
+    resolved[#resolved + 1] = root
+    resolved[#resolved + 1] = depth
+  end
+  i = a + EXTRA[action]
 end
 
 if #stale_roots > 0 or #stale_links > 0 then
@@ -53,42 +114,44 @@ for key, staged in pairs(pending) do
   end
 end
 
-local function xadd(stream, maxlen, fields)
+local function xadd(stream, maxlen, first, last)
   if maxlen == '0' then
-    return redis.call('XADD', stream, '*', unpack(fields))
+    return redis.call('XADD', stream, '*', unpack(ARGV, first, last))
   end
-  return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+  return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, first, last))
 end
 
--- The payload is copied here, inside Redis, so the worker sends only ids and verdicts.
-local function input_fields(id)
-  local rows = redis.call('XRANGE', input, id, id)
-  if #rows == 0 then return nil end  -- deleted or trimmed since it was read
-  return rows[1][2]
+local function xadd_resolved(first, last, root, id)
+  local fields = {unpack(ARGV, first, last)}
+  local k = #fields
+  fields[k + 1], fields[k + 2], fields[k + 3], fields[k + 4] =
+    'resolved_user_id', root, 'source_id', id
+  if out_maxlen == '0' then
+    return redis.call('XADD', output, '*', unpack(fields))
+  end
+  return redis.call('XADD', output, 'MAXLEN', '~', out_maxlen, '*', unpack(fields))
 end
 
 local emitted, dead_lettered, duplicates = 0, 0, {}
+i = start
 for n = 1, n_entries do
-  local id, action = ARGV[i], ARGV[i + 1]
+  local id, action, n_fields = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local first, last = i + 3, i + 2 + n_fields
   if redis.call('XACK', input, group, id) == 1 then
-    local fields = action ~= 'a' and input_fields(id)
-    if fields and action == 'e' then
-      local k = #fields
-      fields[k + 1], fields[k + 2], fields[k + 3], fields[k + 4] =
-        'resolved_user_id', ARGV[i + 2], 'source_id', id
-      xadd(output, out_maxlen, fields)
+    if action == 'e' then
+      xadd(output, out_maxlen, first, last)
       emitted = emitted + 1
-    elseif fields and action == 'd' then
-      local k = #fields
-      fields[k + 1], fields[k + 2], fields[k + 3], fields[k + 4], fields[k + 5], fields[k + 6] =
-        'error', ARGV[i + 2], 'error_code', ARGV[i + 3], 'source_id', id
-      xadd(dead, dead_maxlen, fields)
+    elseif action == 'd' then
+      xadd(dead, dead_maxlen, first, last)
       dead_lettered = dead_lettered + 1
+    elseif action == 'r' or action == 'L' then
+      xadd_resolved(first, last, roots[n], id)
+      emitted = emitted + 1
     end
   else
     duplicates[#duplicates + 1] = n
   end
-  i = i + 4
+  i = last + 1 + EXTRA[action]
 end
 
-return {1, emitted, dead_lettered, duplicates, outcomes}
+return {1, emitted, dead_lettered, duplicates, outcomes, resolved, learned}
