@@ -107,51 +107,30 @@ class Planner:
         plan = Plan()
         if after is not None:
             plan.overlay = {tenant: dict(links) for tenant, links in after.overlay.items()}
-        out = plan.entries
-        resolve = self._resolve
         for entry in entries:
             kind = entry.kind
             if kind is Kind.EVENT:
-                root = resolve(plan, entry.tenant, entry.user_id)
-                fields = entry.fields or ()
-                if root is None:
-                    index = plan.key_index(entry.tenant, self.key_prefix)
-                    out.extend((entry.id, RESOLVE, len(fields), *fields, index, entry.user_id))
-                else:
-                    out.extend(
-                        (
-                            entry.id,
-                            EMIT,
-                            len(fields) + 4,
-                            *fields,
-                            F_RESOLVED,
-                            root,
-                            F_SOURCE,
-                            entry.id,
-                        )
-                    )
+                self._event(plan, entry)
             elif kind is Kind.IDENTIFY:
                 self._identify(plan, entry)
             elif kind is Kind.INVALID:
-                fields = entry.fields or ()
-                out.extend(
-                    (
-                        entry.id,
-                        DEAD,
-                        len(fields) + 6,
-                        *fields,
-                        F_ERROR,
-                        entry.error,
-                        F_ERROR_CODE,
-                        entry.error_code,
-                        F_SOURCE,
-                        entry.id,
-                    )
-                )
+                dead = (*(entry.fields or ()), F_ERROR, entry.error, F_ERROR_CODE,
+                        entry.error_code, F_SOURCE, entry.id)  # fmt: skip
+                plan.entries.extend((entry.id, DEAD, len(dead), *dead))
             else:
-                out.extend((entry.id, ACK, 0))
+                plan.entries.extend((entry.id, ACK, 0))
         plan.n_entries = len(entries)
         return plan.seal(self.key_prefix)
+
+    def _event(self, plan: Plan, entry: Entry) -> None:
+        root = self._resolve(plan, entry.tenant, entry.user_id)
+        index = plan.key_index(entry.tenant, self.key_prefix)
+        fields = entry.fields or ()
+        if root is None:
+            plan.entries.extend((entry.id, RESOLVE, len(fields), *fields, index, entry.user_id))
+            return
+        emitted = (*fields, F_RESOLVED, root, F_SOURCE, entry.id)
+        plan.entries.extend((entry.id, EMIT, len(emitted), *emitted, index))
 
     def _resolve(self, plan: Plan, tenant: str, uid: str) -> str | None:
         """The root from the cache (recorded for verification), or None to defer."""

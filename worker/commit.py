@@ -30,10 +30,9 @@ class Committed(NamedTuple):
 
 
 class Stale(NamedTuple):
-    """Assumptions the script found stale; nothing was written."""
+    """Link predictions the script found stale (another replica linked first); nothing
+    was written. Moved roots are not stale: the script follows them itself."""
 
-    roots: list[tuple[int, str, str]]
-    """(alias key index, id, its current target): roots that are linked now."""
     links: list[int]
     """0-based indexes of links whose predicted outcome was wrong."""
 
@@ -87,8 +86,7 @@ class Committer:
                     for k in range(0, len(learned), 3)
                 ],
             )
-        roots = [(int(k), _text(uid), _text(cur)) for k, uid, cur in reply[1]]
-        return Stale(roots, [int(n) - 1 for n, _ in reply[2]])
+        return Stale([int(n) - 1 for n, _ in reply[1]])
 
     def commit(self, wire: Wire, plan: Plan) -> Committed | Stale:
         return self.verdict(wire, plan, wire.send(self.command(plan)).replies()[0])

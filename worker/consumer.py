@@ -140,9 +140,9 @@ class Worker:
         now = time.monotonic()
         self.health.beat()
         if self._recover_pending:
+            self._recover_pending = False
             self._settle()
             self.recover_own_pending()
-            self._recover_pending = False
         if now >= self._next_maintenance:
             self._next_maintenance = now + self.settings.claim_interval_ms / 1000
             self._settle()
@@ -207,7 +207,7 @@ class Worker:
 
     def _drained(self) -> bool:
         self._settle()
-        return self.reclaim() == 0 and not self.streams.read(1, None, "0")
+        return self.reclaim() == 0 and self.streams.own_pending() == 0
 
     # recovery ----------------------------------------------------------------------------
 
@@ -273,7 +273,8 @@ class Worker:
         try:
             plan, result = self._commit_with_retries(entries)
         except StaleCommitError as exc:
-            self.log.error("batch left pending for reclaim", error=str(exc))
+            self.log.error("batch left pending, retried from the pending list", error=str(exc))
+            self._recover_pending = True
             return
         self._finish(entries, plan, result)
 
@@ -302,14 +303,8 @@ class Worker:
 
     def _forget_stale(self, plan: Plan, stale: Stale) -> None:
         self.metrics.stale_commits.inc()
-        tenant_of = plan.tenant_of()
-        for index, uid, target in stale.roots:
-            self.resolver.cache.put(tenant_of[index], uid, target)
-        if stale.links:
-            self.resolver.forget({plan.links[n][0] for n in stale.links})
-        self.log.info(
-            "commit found stale links, retrying", roots=len(stale.roots), links=len(stale.links)
-        )
+        self.resolver.forget({plan.links[n][0] for n in stale.links})
+        self.log.info("commit found stale links, retrying", links=len(stale.links))
 
     def _finish(self, entries: list[Entry], plan: Plan, result: Committed) -> None:
         cache = self.resolver.cache

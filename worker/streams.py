@@ -94,6 +94,13 @@ class Streams:
         )
         return {row[0]: int(row[3]) for row in reply}
 
+    def own_pending(self) -> int:
+        """Entries pending for this consumer (XPENDING does not redeliver them)."""
+        reply = command(
+            self.client, "XPENDING", self.stream, self.group, "-", "+", 1, self.consumer
+        )
+        return len(reply)
+
     def pending_count(self) -> int:
         reply = command(self.client, "XPENDING", self.stream, self.group)
         return int(reply[0])

@@ -1,6 +1,7 @@
 -- Commits one batch atomically and exactly once.
 --
--- 1. Check every root the worker took from its cache (HMGET per alias hash).
+-- 1. Check every root the worker took from its cache (HMGET per alias hash); a root that
+--    another replica has linked since is followed here, not refused.
 -- 2. Walk the batch in stream order without writing: decide each identify's link under the
 --    forest rules (seeing the batch's earlier links), compare with what the worker predicted,
 --    and resolve the events the worker could not resolve from its cache.
@@ -13,7 +14,8 @@
 -- ARGV: group, output maxlen, dead maxlen, max depth, n_verify, n_entries, then
 --   n_verify groups: (alias key index, count, ids...)   roots the worker relied on
 --   n_entries x (id, action, n, n output fields, action arguments):
---     'e'  fields end with resolved_user_id and source_id: emit as they are
+--     'e'  fields end with resolved_user_id and source_id, + key_index: emit (re-resolving
+--          resolved_user_id first if that root has moved)
 --     'd'  fields end with error, error_code and source_id: dead-letter as they are
 --     'r'  + key_index user: emit after resolving user here
 --     'a'  (n = 0) ack only
@@ -21,7 +23,7 @@
 --     'L'  + key_index prev user expect: link, then emit after resolving user here
 --   The worker sends each payload back with its verdict: cheaper for Redis than re-reading
 --   it, and the output entry is written straight from ARGV.
--- Returns {0, {key index, id, current}..., {link ordinal, current}...} when stale, else
+-- Returns {0, {link ordinal, current}...} when a predicted link outcome was stale, else
 -- {1, emitted, dead_lettered, {duplicate entry ordinals}, {outcome per link},
 --  {root, depth per resolved entry}, {key index, id, target or false per link read}}.
 
@@ -32,7 +34,7 @@ local n_verify, n_entries = tonumber(ARGV[5]), tonumber(ARGV[6])
 local i = 7
 local CHUNK = 4000  -- stays well below Lua's unpack() limit
 
-local stale_roots = {}
+local moved = {}  -- key index -> set of roots that are linked now
 for _ = 1, n_verify do
   local index, count = ARGV[i], tonumber(ARGV[i + 1])
   local key = KEYS[tonumber(index)]
@@ -41,14 +43,15 @@ for _ = 1, n_verify do
     local current = redis.call('HMGET', key, unpack(ARGV, first, last))
     for k = 1, #current do
       if current[k] then
-        stale_roots[#stale_roots + 1] = {index, ARGV[first + k - 1], current[k]}
+        moved[index] = moved[index] or {}
+        moved[index][ARGV[first + k - 1]] = true
       end
     end
   end
   i = i + 2 + count
 end
 
-local EXTRA = {e = 0, d = 0, a = 0, r = 2, l = 4, L = 4}
+local EXTRA = {e = 1, d = 0, a = 0, r = 2, l = 4, L = 4}
 local pending, learned = {}, {}
 
 -- Resolve with the batch's earlier links; a foreign cycle resolves to its smallest member.
@@ -95,6 +98,11 @@ for n = 1, n_entries do
       resolved[#resolved + 1] = root
       resolved[#resolved + 1] = depth
     end
+  elseif action == 'e' then
+    local index, slot = ARGV[a], a - 3  -- slot: the resolved_user_id value
+    if moved[index] and moved[index][ARGV[slot]] then
+      ARGV[slot] = resolve(index, KEYS[tonumber(index)], ARGV[slot])
+    end
   elseif action == 'r' then
     local root, depth = resolve(ARGV[a], KEYS[tonumber(ARGV[a])], ARGV[a + 1])
     roots[n] = root
@@ -104,8 +112,8 @@ for n = 1, n_entries do
   i = a + EXTRA[action]
 end
 
-if #stale_roots > 0 or #stale_links > 0 then
-  return {0, stale_roots, stale_links}
+if #stale_links > 0 then
+  return {0, stale_links}
 end
 
 for key, staged in pairs(pending) do
