@@ -7,7 +7,6 @@ every event resolves by walking the map as it stands at that event's position.
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 import fakeredis
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from resolver import PlaceholderRule
@@ -42,6 +41,9 @@ ops_strategy = st.lists(
     min_size=1,
     max_size=40,
 )
+
+
+schedules = st.lists(st.tuples(st.integers(1, 8), st.integers(0, 2)), min_size=1, max_size=6)
 
 
 @dataclass
@@ -75,14 +77,16 @@ class Model:
         self.outcomes[outcome] += 1
 
 
-def run_workers(client: redis.Redis, replicas: int, batch_sizes: list[int]) -> list[Worker]:
-    """Alternate replicas batch by batch, each with its own cache, until the stream is done."""
+Schedule = list[tuple[int, int]]  # (batch size, which replica reads it), repeated
+
+
+def run_workers(client: redis.Redis, replicas: int, schedule: Schedule) -> list[Worker]:
+    """Replicas take batches in the given order, each with its own cache, to the end."""
     workers = [make_worker(client, consumer=f"replica-{i}") for i in range(replicas)]
     for worker in workers:
         worker.startup()
-    chooser = random.Random(len(batch_sizes))
-    for size in _cycle(batch_sizes):
-        worker = chooser.choice(workers)
+    for size, who in _cycle(schedule):
+        worker = workers[who % replicas]
         entries = worker.streams.read(size, None)
         if not entries:
             break
@@ -90,7 +94,7 @@ def run_workers(client: redis.Redis, replicas: int, batch_sizes: list[int]) -> l
     return workers
 
 
-def _cycle(values: list[int]) -> Iterator[int]:
+def _cycle(values: Schedule) -> Iterator[tuple[int, int]]:
     while True:
         yield from values
 
@@ -99,7 +103,7 @@ def check(
     client: redis.Redis,
     ops: list[Op],
     replicas: int,
-    batch_sizes: list[int],
+    schedule: Schedule,
     *,
     pipelined: bool = False,
 ) -> None:
@@ -113,9 +117,9 @@ def check(
         else:
             expected[add(client, tenant, event(user))] = model.resolve(tenant, user)
     if pipelined:
-        workers = [drain(client, batch_size=batch_sizes[0], consumer="daemon")]
+        workers = [drain(client, batch_size=schedule[0][0], consumer="daemon")]
     else:
-        workers = run_workers(client, replicas, batch_sizes)
+        workers = run_workers(client, replicas, schedule)
     for tenant in TENANTS:
         stored = {k.decode(): v.decode() for k, v in client.hgetall(f"alias:{tenant}").items()}
         assert stored == model.links.get(tenant, {})
@@ -133,13 +137,19 @@ def check(
 @given(
     ops=ops_strategy,
     replicas=st.integers(1, 3),
-    batch_sizes=st.lists(st.integers(1, 8), min_size=1, max_size=4),
+    schedule=schedules,
+)
+# replica 0 caches "a" as a root, replica 1 links it, replica 0 must follow the link
+@example(
+    ops=[("event", "t1", "a", ""), ("identify", "t1", "b", "a"), ("event", "t1", "a", "")],
+    replicas=2,
+    schedule=[(1, 0), (1, 1), (1, 0)],
 )
 def test_workers_match_the_model_on_fakeredis(
-    ops: list[Op], replicas: int, batch_sizes: list[int]
+    ops: list[Op], replicas: int, schedule: Schedule
 ) -> None:
     """Any stream, any batching, any mix of replicas with their own caches: same as the model."""
-    check(fakeredis.FakeRedis(protocol=2), ops, replicas, batch_sizes)
+    check(fakeredis.FakeRedis(protocol=2), ops, replicas, schedule)
 
 
 @pytest.mark.redis_server
@@ -151,17 +161,17 @@ def test_workers_match_the_model_on_fakeredis(
 @given(
     ops=ops_strategy,
     replicas=st.integers(1, 3),
-    batch_sizes=st.lists(st.integers(1, 8), min_size=1, max_size=4),
+    schedule=schedules,
 )
 def test_workers_match_the_model_on_real_redis(
-    redis_server: RedisServer, ops: list[Op], replicas: int, batch_sizes: list[int]
+    redis_server: RedisServer, ops: list[Op], replicas: int, schedule: Schedule
 ) -> None:
     """The same property on a real redis-server, where the Lua commit really runs."""
-    check(redis_server.client(), ops, replicas, batch_sizes)
+    check(redis_server.client(), ops, replicas, schedule)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=ops_strategy, batch_size=st.integers(1, 6))
 def test_the_daemon_loop_matches_the_model(ops: list[Op], batch_size: int) -> None:
     """The pipelined loop (plan N+1 while N commits) gives exactly the sequential answer."""
-    check(fakeredis.FakeRedis(protocol=2), ops, 1, [batch_size], pipelined=True)
+    check(fakeredis.FakeRedis(protocol=2), ops, 1, [(batch_size, 0)], pipelined=True)
