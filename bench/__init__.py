@@ -1,0 +1,1 @@
+"""Benchmarks for lehnz-stitch: ``python -m bench`` (see bench/__main__.py)."""
