@@ -111,3 +111,16 @@ def test_existing_cycle_resolves_deterministically(real_redis: redis.Redis) -> N
     resolved = resolved_by_source(real_redis)
     assert {resolved[i] for i in ids} == {"p"}
     assert worker.metrics.resolver_cycles._value.get() == 3
+
+
+@pytest.mark.parametrize("maxlen", [0, 3])
+def test_output_stream_trimming_setting(real_redis: redis.Redis, maxlen: int) -> None:
+    """STITCH_OUTPUT_MAXLEN 0 keeps every event; a bound trims the oldest (approximately)."""
+    for i in range(1500):
+        add(real_redis, "acme", event(f"u{i % 10}"), domain="commerce")
+    worker = drain(real_redis, output_maxlen=maxlen, batch_size=100)
+    assert worker.totals["emitted"] == 1500
+    if maxlen == 0:
+        assert real_redis.xlen("events:enriched") == 1500
+    else:
+        assert real_redis.xlen("events:enriched") < 1500

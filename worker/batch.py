@@ -21,12 +21,6 @@ __all__ = ["Plan", "Planner"]
 EMIT, RESOLVE, DEAD, ACK = b"e", b"r", b"d", b"a"
 LINK, LINK_EMIT = b"l", b"L"
 APPLIES, REFUSED, UNKNOWN = b"1", b"0", b"?"
-F_RESOLVED, F_SOURCE, F_ERROR, F_ERROR_CODE = (
-    b"resolved_user_id",
-    b"source_id",
-    b"error",
-    b"error_code",
-)
 
 
 class Plan:
@@ -114,9 +108,10 @@ class Planner:
             elif kind is Kind.IDENTIFY:
                 self._identify(plan, entry)
             elif kind is Kind.INVALID:
-                dead = (*(entry.fields or ()), F_ERROR, entry.error, F_ERROR_CODE,
-                        entry.error_code, F_SOURCE, entry.id)  # fmt: skip
-                plan.entries.extend((entry.id, DEAD, len(dead), *dead))
+                fields = entry.fields or ()
+                plan.entries.extend(
+                    (entry.id, DEAD, len(fields), *fields, entry.error, entry.error_code)
+                )
             else:
                 plan.entries.extend((entry.id, ACK, 0))
         plan.n_entries = len(entries)
@@ -129,8 +124,7 @@ class Planner:
         if root is None:
             plan.entries.extend((entry.id, RESOLVE, len(fields), *fields, index, entry.user_id))
             return
-        emitted = (*fields, F_RESOLVED, root, F_SOURCE, entry.id)
-        plan.entries.extend((entry.id, EMIT, len(emitted), *emitted, index))
+        plan.entries.extend((entry.id, EMIT, len(fields), *fields, root, index))
 
     def _resolve(self, plan: Plan, tenant: str, uid: str) -> str | None:
         """The root from the cache (recorded for verification), or None to defer."""

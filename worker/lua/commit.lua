@@ -13,10 +13,9 @@
 -- KEYS: input stream, output stream, dead-letter stream, alias hashes...
 -- ARGV: group, output maxlen, dead maxlen, max depth, n_verify, n_entries, then
 --   n_verify groups: (alias key index, count, ids...)   roots the worker relied on
---   n_entries x (id, action, n, n output fields, action arguments):
---     'e'  fields end with resolved_user_id and source_id, + key_index: emit (re-resolving
---          resolved_user_id first if that root has moved)
---     'd'  fields end with error, error_code and source_id: dead-letter as they are
+--   n_entries x (id, action, n, the entry's n fields, action arguments):
+--     'e'  + root key_index: emit with resolved_user_id = root (followed first if it moved)
+--     'd'  + error error_code: dead-letter
 --     'r'  + key_index user: emit after resolving user here
 --     'a'  (n = 0) ack only
 --     'l'  (n = 0) + key_index prev user expect: link ('1' applies, '0' not, '?' unknown)
@@ -51,7 +50,7 @@ for _ = 1, n_verify do
   i = i + 2 + count
 end
 
-local EXTRA = {e = 1, d = 0, a = 0, r = 2, l = 4, L = 4}
+local EXTRA = {e = 2, d = 2, a = 0, r = 2, l = 4, L = 4}
 local pending, learned = {}, {}
 
 -- Resolve with the batch's earlier links; a foreign cycle resolves to its smallest member.
@@ -99,10 +98,11 @@ for n = 1, n_entries do
       resolved[#resolved + 1] = depth
     end
   elseif action == 'e' then
-    local index, slot = ARGV[a], a - 3  -- slot: the resolved_user_id value
-    if moved[index] and moved[index][ARGV[slot]] then
-      ARGV[slot] = resolve(index, KEYS[tonumber(index)], ARGV[slot])
+    local root, index = ARGV[a], ARGV[a + 1]
+    if moved[index] and moved[index][root] then
+      root = resolve(index, KEYS[tonumber(index)], root)
     end
+    roots[n] = root
   elseif action == 'r' then
     local root, depth = resolve(ARGV[a], KEYS[tonumber(ARGV[a])], ARGV[a + 1])
     roots[n] = root
@@ -122,22 +122,21 @@ for key, staged in pairs(pending) do
   end
 end
 
-local function xadd(stream, maxlen, first, last)
-  if maxlen == '0' then
-    return redis.call('XADD', stream, '*', unpack(ARGV, first, last))
+-- XADD the entry's own fields (ARGV[first .. first + n - 1]) plus the pairs in `...`.
+-- The usual shapes (tenant + event [+ domain]) are spelled out: no table to build.
+local function xadd(stream, maxlen, first, n, ...)
+  local a, f = ARGV, first
+  local trim = maxlen ~= '0'
+  if n == 6 and trim then
+    return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
+                      a[f], a[f + 1], a[f + 2], a[f + 3], a[f + 4], a[f + 5], ...)
+  elseif n == 4 and trim then
+    return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', a[f], a[f + 1], a[f + 2], a[f + 3], ...)
   end
-  return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, first, last))
-end
-
-local function xadd_resolved(first, last, root, id)
-  local fields = {unpack(ARGV, first, last)}
-  local k = #fields
-  fields[k + 1], fields[k + 2], fields[k + 3], fields[k + 4] =
-    'resolved_user_id', root, 'source_id', id
-  if out_maxlen == '0' then
-    return redis.call('XADD', output, '*', unpack(fields))
-  end
-  return redis.call('XADD', output, 'MAXLEN', '~', out_maxlen, '*', unpack(fields))
+  local args = trim and {stream, 'MAXLEN', '~', maxlen, '*'} or {stream, '*'}
+  for k = f, f + n - 1 do args[#args + 1] = a[k] end
+  for _, v in ipairs({...}) do args[#args + 1] = v end
+  return redis.call('XADD', unpack(args))
 end
 
 local emitted, dead_lettered, duplicates = 0, 0, {}
@@ -146,15 +145,14 @@ for n = 1, n_entries do
   local id, action, n_fields = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local first, last = i + 3, i + 2 + n_fields
   if redis.call('XACK', input, group, id) == 1 then
-    if action == 'e' then
-      xadd(output, out_maxlen, first, last)
+    local root = roots[n]
+    if root then
+      xadd(output, out_maxlen, first, n_fields, 'resolved_user_id', root, 'source_id', id)
       emitted = emitted + 1
     elseif action == 'd' then
-      xadd(dead, dead_maxlen, first, last)
+      xadd(dead, dead_maxlen, first, n_fields,
+           'error', ARGV[last + 1], 'error_code', ARGV[last + 2], 'source_id', id)
       dead_lettered = dead_lettered + 1
-    elseif action == 'r' or action == 'L' then
-      xadd_resolved(first, last, roots[n], id)
-      emitted = emitted + 1
     end
   else
     duplicates[#duplicates + 1] = n
