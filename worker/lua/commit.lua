@@ -124,16 +124,14 @@ end
 
 -- XADD the entry's own fields (ARGV[first .. first + n - 1]) plus the pairs in `...`.
 -- The usual shapes (tenant + event [+ domain]) are spelled out: no table to build.
-local function xadd(stream, maxlen, first, n, ...)
+local function xadd(stream, first, n, ...)
   local a, f = ARGV, first
-  local trim = maxlen ~= '0'
-  if n == 6 and trim then
-    return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
-                      a[f], a[f + 1], a[f + 2], a[f + 3], a[f + 4], a[f + 5], ...)
-  elseif n == 4 and trim then
-    return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', a[f], a[f + 1], a[f + 2], a[f + 3], ...)
+  if n == 6 then
+    return redis.call('XADD', stream, '*', a[f], a[f + 1], a[f + 2], a[f + 3], a[f + 4], a[f + 5], ...)
+  elseif n == 4 then
+    return redis.call('XADD', stream, '*', a[f], a[f + 1], a[f + 2], a[f + 3], ...)
   end
-  local args = trim and {stream, 'MAXLEN', '~', maxlen, '*'} or {stream, '*'}
+  local args = {stream, '*'}
   for k = f, f + n - 1 do args[#args + 1] = a[k] end
   for _, v in ipairs({...}) do args[#args + 1] = v end
   return redis.call('XADD', unpack(args))
@@ -147,17 +145,25 @@ for n = 1, n_entries do
   if redis.call('XACK', input, group, id) == 1 then
     local root = roots[n]
     if root then
-      xadd(output, out_maxlen, first, n_fields, 'resolved_user_id', root, 'source_id', id)
+      xadd(output, first, n_fields, 'resolved_user_id', root, 'source_id', id)
       emitted = emitted + 1
     elseif action == 'd' then
-      xadd(dead, dead_maxlen, first, n_fields,
-           'error', ARGV[last + 1], 'error_code', ARGV[last + 2], 'source_id', id)
+      xadd(dead, first, n_fields, 'error', ARGV[last + 1], 'error_code', ARGV[last + 2],
+           'source_id', id)
       dead_lettered = dead_lettered + 1
     end
   else
     duplicates[#duplicates + 1] = n
   end
   i = last + 1 + EXTRA[action]
+end
+
+-- trimmed once per batch rather than on every XADD: the same bound, fewer arguments
+if emitted > 0 and out_maxlen ~= '0' then
+  redis.call('XTRIM', output, 'MAXLEN', '~', out_maxlen)
+end
+if dead_lettered > 0 and dead_maxlen ~= '0' then
+  redis.call('XTRIM', dead, 'MAXLEN', '~', dead_maxlen)
 end
 
 return {1, emitted, dead_lettered, duplicates, outcomes, resolved, learned}
