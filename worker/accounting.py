@@ -67,7 +67,16 @@ class Accountant:
         self.log.warning("dead-lettered", entry_id=entry.id.decode(), error=entry.error)
 
     def _links(self, plan: Plan, result: Committed) -> None:
-        for outcome in (*plan.local_outcomes, *result.outcomes):
+        duplicate = set(result.duplicates)  # counted by the commit that acked them first
+        outcomes = [
+            o
+            for o, n in zip(plan.local_outcomes, plan.local_entries, strict=True)
+            if n not in duplicate
+        ]
+        outcomes += [
+            o for o, n in zip(result.outcomes, plan.link_entries, strict=True) if n not in duplicate
+        ]
+        for outcome in outcomes:
             self.metrics.identify.labels(outcome.value).inc()
             self.totals["identify:" + outcome.value] += 1
             if outcome in REFUSED:

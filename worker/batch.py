@@ -30,7 +30,9 @@ class Plan:
         "alias_keys",
         "deferred",
         "entries",
+        "link_entries",
         "links",
+        "local_entries",
         "local_outcomes",
         "n_entries",
         "overlay",
@@ -52,6 +54,10 @@ class Plan:
         self.links: list[tuple[str, str, str]] = []
         """(tenant, prev, user) of every identify sent to the script, in order."""
         self.local_outcomes: list[LinkOutcome] = []
+        self.local_entries: list[int] = []
+        """Index (in plan order) of the identify each local outcome belongs to."""
+        self.link_entries: list[int] = []
+        """Index (in plan order) of the identify each link belongs to."""
         self.resolutions = 0
         self.deferred = 0
         """Ids the cache could not resolve: the commit script resolves them."""
@@ -101,12 +107,12 @@ class Planner:
         plan = Plan()
         if after is not None:
             plan.overlay = {tenant: dict(links) for tenant, links in after.overlay.items()}
-        for entry in entries:
+        for position, entry in enumerate(entries):
             kind = entry.kind
             if kind is Kind.EVENT:
                 self._event(plan, entry)
             elif kind is Kind.IDENTIFY:
-                self._identify(plan, entry)
+                self._identify(plan, entry, position)
             elif kind is Kind.INVALID:
                 fields = entry.fields or ()
                 plan.entries.extend(
@@ -146,13 +152,14 @@ class Planner:
             self.cache.put(tenant, uid, end)
         return end
 
-    def _identify(self, plan: Plan, entry: Entry) -> None:
+    def _identify(self, plan: Plan, entry: Entry, position: int) -> None:
         tenant, prev, user = entry.tenant, entry.previous_user_id, entry.user_id
         is_placeholder = self.rules.is_placeholder
         placeholder = is_placeholder(prev) or is_placeholder(user)
         if placeholder or prev == user:
             outcome = LinkOutcome.PLACEHOLDER if placeholder else LinkOutcome.NOOP
             plan.local_outcomes.append(outcome)
+            plan.local_entries.append(position)
             if self.forward_identify:
                 index = plan.key_index(tenant, self.key_prefix)
                 fields = entry.fields or ()
@@ -181,3 +188,4 @@ class Planner:
         else:
             plan.entries.extend((entry.id, LINK, 0, index, prev, user, expect))
         plan.links.append((tenant, prev, user))
+        plan.link_entries.append(position)

@@ -8,7 +8,6 @@ means planning N+1 again.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from typing import Any
@@ -335,16 +334,29 @@ class Worker:
             try:
                 result = action()
             except OUTAGE_ERRORS as exc:
+                if self.stopping:
+                    return self._stop_in_outage(exc)
                 backoff = self._outage(backoff, exc)
                 continue
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
+                if self.stopping:
+                    return self._stop_in_outage(exc)
                 backoff = self._outage(backoff, exc)
                 continue
             if backoff is not None:
                 self._recovered(backoff)
             return result
+
+    def _stop_in_outage(self, exc: Exception) -> int:
+        """Asked to stop while Redis is unreachable: nothing in hand can be committed and
+        whatever was read stays pending for redelivery, so stop now."""
+        self._ready, self._raw = None, []
+        self.log.warning(
+            "stopping during a redis outage; uncommitted entries stay pending", error=str(exc)
+        )
+        return 0
 
     def _outage(self, backoff: Backoff | None, exc: Exception) -> Backoff:
         if backoff is None:
@@ -361,16 +373,19 @@ class Worker:
             )
         self._stop.wait(backoff.next_delay())
         self.health.beat()
-        with contextlib.suppress(*OUTAGE_ERRORS):
+        try:
             self._connect()
+        except OUTAGE_ERRORS:
+            return backoff
+        # Redis may have lost links (no AOF) or scripts: start from what it holds now,
+        # before the interrupted action runs again.
+        self.resolver.forget()
+        self._recover_pending = True
         return backoff
 
     def _recovered(self, backoff: Backoff) -> None:
         self.metrics.reconnects.inc()
         self.totals["reconnects"] += 1
-        # Redis may have lost links (no AOF) or scripts; start from what it holds now.
-        self.resolver.forget()
-        self._recover_pending = True
         self.log.info(
             "redis reconnected", attempts=backoff.attempts, outage_s=round(backoff.elapsed_s, 3)
         )
