@@ -165,7 +165,10 @@ class Worker:
                 if not raw:
                     return 0
             ready = self._prepare(raw)
-            raw = self.streams.read(self.settings.batch_size, None)  # something to overlap
+            # a full batch means more is waiting: fetch it now so the next turn overlaps;
+            # a short one means we are caught up, and the commit should go out at once
+            full = len(raw) >= self.settings.batch_size
+            raw = self.streams.read(self.settings.batch_size, None) if full else []
         self._ready, self._raw = None, []
         block = None if raw else self.settings.block_ms
         handle = self.wire.send(
