@@ -124,3 +124,20 @@ def test_output_stream_trimming_setting(real_redis: redis.Redis, maxlen: int) ->
         assert real_redis.xlen("events:enriched") == 1500
     else:
         assert real_redis.xlen("events:enriched") < 1500
+
+
+def test_refused_link_is_logged_with_its_entry_id(real_redis: redis.Redis) -> None:
+    """A conflict is logged at info with the entry id, and without any user id."""
+    from structlog.testing import capture_logs
+
+    add(real_redis, "acme", identify("real-x", "anon-a"))
+    conflicting = add(real_redis, "acme", identify("real-y", "anon-a"))
+    with capture_logs() as logs:
+        drain(real_redis)
+    [refused] = [line for line in logs if line["event"] == "link refused"]
+    assert refused == {
+        "event": "link refused",
+        "outcome": "conflict",
+        "entry_id": conflicting,
+        "log_level": "info",
+    }

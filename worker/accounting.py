@@ -50,7 +50,7 @@ class Accountant:
             elif entry.kind is Kind.GONE:
                 self.count("deleted_pending", 1, m.deleted_pending)
         observe_many(m.delay_seconds, delays)
-        self._links(plan, result)
+        self._links(entries, plan, result)
         m.committed()
         self.log.debug(
             "batch committed",
@@ -66,21 +66,20 @@ class Accountant:
         self.totals["dead:" + entry.error_code] += 1
         self.log.warning("dead-lettered", entry_id=entry.id.decode(), error=entry.error)
 
-    def _links(self, plan: Plan, result: Committed) -> None:
+    def _links(self, entries: list[Entry], plan: Plan, result: Committed) -> None:
         duplicate = set(result.duplicates)  # counted by the commit that acked them first
-        outcomes = [
-            o
-            for o, n in zip(plan.local_outcomes, plan.local_entries, strict=True)
-            if n not in duplicate
+        decided = [
+            *zip(plan.local_outcomes, plan.local_entries, strict=True),
+            *zip(result.outcomes, plan.link_entries, strict=True),
         ]
-        outcomes += [
-            o for o, n in zip(result.outcomes, plan.link_entries, strict=True) if n not in duplicate
-        ]
-        for outcome in outcomes:
+        for outcome, position in decided:
+            if position in duplicate:
+                continue
             self.metrics.identify.labels(outcome.value).inc()
             self.totals["identify:" + outcome.value] += 1
             if outcome in REFUSED:
-                self.log.info("link refused", outcome=outcome.value)
+                entry_id = entries[position].id.decode()
+                self.log.info("link refused", outcome=outcome.value, entry_id=entry_id)
 
     def resolver(self, plan: Plan, result: Committed, cache: AliasCache) -> None:
         m = self.metrics
