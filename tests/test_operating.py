@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,18 @@ def sample(metrics_text: str, name: str) -> float | None:
     return None
 
 
+@contextlib.contextmanager
+def serving_worker(url: str, tmp_path: Path, port: int | None = None) -> Iterator[str]:
+    """A worker subprocess with its HTTP port on loopback; yields the base URL once ready."""
+    port = port or free_port()
+    with running_worker(
+        url, metrics_port=port, metrics_addr="127.0.0.1", block_ms=100, log_path=tmp_path / "w.log"
+    ):
+        base = f"http://127.0.0.1:{port}"
+        eventually(lambda: get(base + "/readyz")[0] == 200)
+        yield base
+
+
 def feed(client: redis.Redis, n: int) -> None:
     for i in range(n):
         add(client, "acme", event(f"anon-{i % 7}"))
@@ -58,16 +71,7 @@ def test_metrics_and_probes_of_a_running_worker(
 ) -> None:
     """/metrics counts what happened, /healthz and /readyz answer 200, unknown paths 404."""
     feed(real_redis, 30)
-    port = free_port()
-    with running_worker(
-        redis_server.url,
-        metrics_port=port,
-        metrics_addr="127.0.0.1",
-        block_ms=100,
-        log_path=tmp_path / "w.log",
-    ):
-        base = f"http://127.0.0.1:{port}"
-        eventually(lambda: get(base + "/readyz")[0] == 200)
+    with serving_worker(redis_server.url, tmp_path) as base:
         eventually(lambda: sample(get(base + "/metrics")[1], "stitch_events_emitted_total") == 30)
         text = get(base + "/metrics")[1]
         assert sample(text, "stitch_entries_read_total") == 32
@@ -84,17 +88,8 @@ def test_metrics_and_probes_of_a_running_worker(
 def test_readyz_fails_while_redis_is_down(tmp_path: Path) -> None:
     """Readiness follows the Redis connection; liveness stays up while reconnecting."""
     server = RedisServer().start()
-    port = free_port()
     try:
-        with running_worker(
-            server.url,
-            metrics_port=port,
-            metrics_addr="127.0.0.1",
-            block_ms=100,
-            log_path=tmp_path / "w.log",
-        ):
-            base = f"http://127.0.0.1:{port}"
-            eventually(lambda: get(base + "/readyz")[0] == 200)
+        with serving_worker(server.url, tmp_path) as base:
             server.kill()
             eventually(lambda: get(base + "/readyz")[0] == 503)
             assert get(base + "/healthz")[0] == 200
