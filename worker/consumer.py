@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from resolver import Resolver
 from resolver.links import LinkOutcome, LinkRules
@@ -25,9 +24,10 @@ from .backoff import Backoff
 from .batch import Plan, Planner
 from .commit import Committed, Committer, Stale
 from .config import Settings
-from .errors import RedisUnavailableError, StaleCommitError
+from .errors import StaleCommitError
 from .health import Health
 from .metrics import GroupStats, Metrics
+from .outage import Reconnector
 from .schema import Entry, Parser
 from .scripts import DELCONSUMER_LUA, Script
 from .streams import RawEntry, Streams, entries_of
@@ -38,7 +38,6 @@ __all__ = ["Worker"]
 MAX_STALE_RETRIES = 8
 """Each retry re-reads what changed; only a hot, contested id could need more."""
 PROGRESS_EVERY_S = 30.0
-OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class _Ready:
@@ -82,6 +81,7 @@ class Worker:
         self._stop = threading.Event()
         self._delconsumer = Script(DELCONSUMER_LUA)
         self._recover_pending = True
+        self._reconnector = Reconnector(settings.reconnect_give_up_s, self._stop, self, log)
         self._ready: _Ready | None = None
         self._raw: list[RawEntry] = []
         self._next_maintenance = 0.0
@@ -330,68 +330,35 @@ class Worker:
             self.log.info("created consumer group", start_id=self.settings.group_start_id)
         self.health.group_ready = True
 
-    def _with_reconnect(self, action: Any) -> Any:
-        """Run ``action``; on a connection failure back off, reconnect and run it again."""
-        backoff: Backoff | None = None
-        while True:
-            try:
-                result = action()
-            except OUTAGE_ERRORS as exc:
-                if self.stopping:
-                    return self._stop_in_outage(exc)
-                backoff = self._outage(backoff, exc)
-                continue
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                if self.stopping:
-                    return self._stop_in_outage(exc)
-                backoff = self._outage(backoff, exc)
-                continue
-            if backoff is not None:
-                self._recovered(backoff)
-            return result
+    def _with_reconnect(self, action: Callable[[], Any]) -> Any:
+        return self._reconnector.run(action, when_stopped=0)
 
-    def _stop_in_outage(self, exc: Exception) -> int:
-        """Asked to stop while Redis is unreachable: nothing in hand can be committed and
-        whatever was read stays pending for redelivery, so stop now."""
+    # outage hooks (see outage.OutageHooks) ---------------------------------------------------
+
+    def connect(self) -> None:
+        self._connect()
+
+    def went_down(self, exc: Exception) -> None:
+        self.health.connected = False
+        self.metrics.redis_up.set(0)
+        # what was in hand is pending in Redis (or committed): recovery re-reads it
         self._ready, self._raw = None, []
-        self.log.warning(
-            "stopping during a redis outage; uncommitted entries stay pending", error=str(exc)
-        )
-        return 0
 
-    def _outage(self, backoff: Backoff | None, exc: Exception) -> Backoff:
-        if backoff is None:
-            backoff = Backoff(self.settings.reconnect_give_up_s)
-            self.health.connected = False
-            self.metrics.redis_up.set(0)
-            # what was in hand is pending in Redis (or committed): recovery re-reads it
-            self._ready, self._raw = None, []
-            self.log.warning("redis unavailable, reconnecting", error=str(exc))
-        if backoff.expired:
-            raise RedisUnavailableError(
-                f"Redis unreachable for {backoff.elapsed_s:.0f}s "
-                f"(STITCH_RECONNECT_GIVE_UP_S={self.settings.reconnect_give_up_s:g}): {exc}"
-            )
-        self._stop.wait(backoff.next_delay())
-        self.health.beat()
-        try:
-            self._connect()
-        except OUTAGE_ERRORS:
-            return backoff
+    def reconnected(self) -> None:
         # Redis may have lost links (no AOF) or scripts: start from what it holds now,
-        # before the interrupted action runs again.
+        # before the interrupted step runs again
         self.resolver.forget()
         self._recover_pending = True
-        return backoff
 
-    def _recovered(self, backoff: Backoff) -> None:
+    def recovered(self, backoff: Backoff) -> None:
         self.metrics.reconnects.inc()
         self.totals["reconnects"] += 1
         self.log.info(
             "redis reconnected", attempts=backoff.attempts, outage_s=round(backoff.elapsed_s, 3)
         )
+
+    def beat(self) -> None:
+        self.health.beat()
 
     # scrape-time gauges --------------------------------------------------------------------
 
