@@ -101,3 +101,11 @@ def test_dead_letter_counts_by_reason(real_redis: redis.Redis) -> None:
     assert worker.totals["dead:event_not_json"] == 2
     assert worker.totals["dead:event_not_object"] == 1
     assert worker.metrics.dead_letters.labels("event_not_json")._value.get() == 2
+
+
+def test_fields_in_any_order_are_understood(real_redis: redis.Redis) -> None:
+    """Producers other than the ingestion API may write event before tenant, or add fields."""
+    first = real_redis.xadd(INPUT, {"domain": "x", "event": GOOD, "tenant": "acme"}).decode()
+    drain(real_redis)
+    [out] = output(real_redis)
+    assert out["source_id"] == first and out["resolved_user_id"] == "anon-ok"
