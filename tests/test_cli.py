@@ -100,3 +100,10 @@ def test_demo_runs_the_scenario_end_to_end() -> None:
     assert "22 in, 10 enriched out, 5 dead-lettered" in out
     assert "cust-2002 -> cust-1001" in out
     assert "missing_previous_user_id" in out
+
+
+def test_unknown_stitch_variable_exits_2() -> None:
+    """A misspelt STITCH_ variable is an error naming it, not silently ignored."""
+    result = cli("run", env={"STITCH_BATCHSIZE": "10"})
+    assert result.returncode == 2
+    assert "STITCH_BATCHSIZE" in result.stderr

@@ -82,6 +82,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ) -> Settings:
         """Build from ``STITCH_*`` variables, then ``overrides`` (CLI flags) on top."""
         env = os.environ if env is None else env
+        known = {env_name(name) for name in cls.__struct_fields__}
+        unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known)
+        if unknown:
+            raise ConfigError(
+                f"{', '.join(unknown)}: unknown setting (a typo would otherwise be ignored "
+                "silently); see README.md for the list"
+            )
         raw: dict[str, object] = {}
         for name in cls.__struct_fields__:
             value = env.get(env_name(name))
