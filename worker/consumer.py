@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -89,7 +90,7 @@ class Worker:
         metrics.watch_group(self.group_stats)
 
     @property
-    def totals(self) -> Any:
+    def totals(self) -> Counter[str]:
         return self.accounts.totals
 
     # lifecycle -------------------------------------------------------------------------
@@ -110,7 +111,7 @@ class Worker:
             self.shutdown()
 
     def startup(self) -> None:
-        self._with_reconnect(self._connect)
+        self._with_reconnect(self.connect)
         self.log.info(
             "started",
             stream=self.settings.input_stream,
@@ -120,7 +121,8 @@ class Worker:
 
     def loop(self, *, drain: bool = False) -> None:
         while not self.stopping:
-            if self._with_reconnect(self._step) == 0 and drain and self._drained():
+            idle = self._with_reconnect(self._step) == 0
+            if idle and drain and self._with_reconnect(self._drained):
                 self.log.info("drained")
                 break
         self._with_reconnect(self._settle)
@@ -322,7 +324,8 @@ class Worker:
 
     # connection --------------------------------------------------------------------------
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
+        """Ping and make sure the group exists (an outage hook, also used at start-up)."""
         self.client.ping()
         self.health.connected = True
         self.metrics.redis_up.set(1)
@@ -334,9 +337,6 @@ class Worker:
         return self._reconnector.run(action, when_stopped=0)
 
     # outage hooks (see outage.OutageHooks) ---------------------------------------------------
-
-    def connect(self) -> None:
-        self._connect()
 
     def went_down(self, exc: Exception) -> None:
         self.health.connected = False
