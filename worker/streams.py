@@ -101,10 +101,6 @@ class Streams:
         )
         return len(reply)
 
-    def pending_count(self) -> int:
-        reply = command(self.client, "XPENDING", self.stream, self.group)
-        return int(reply[0])
-
     def consumers(self) -> list[dict[bytes, Any]]:
         reply = command(self.client, "XINFO CONSUMERS", self.stream, self.group)
         return [_pairs(row) for row in reply]
