@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import fakeredis
 import pytest
@@ -18,7 +19,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from resolver import PlaceholderRule
-from tests.helpers import INPUT, add, drain, event, identify, make_worker, resolved_by_source
+from tests.helpers import (
+    INPUT,
+    add,
+    event,
+    identify,
+    make_worker,
+    output,
+    resolved_by_source,
+)
 from tests.redis_proc import RedisServer
 from worker import Worker
 
@@ -80,9 +89,11 @@ class Model:
 Schedule = list[tuple[int, int]]  # (batch size, which replica reads it), repeated
 
 
-def run_workers(client: redis.Redis, replicas: int, schedule: Schedule) -> list[Worker]:
+def run_workers(
+    client: redis.Redis, replicas: int, schedule: Schedule, **overrides: Any
+) -> list[Worker]:
     """Replicas take batches in the given order, each with its own cache, to the end."""
-    workers = [make_worker(client, consumer=f"replica-{i}") for i in range(replicas)]
+    workers = [make_worker(client, consumer=f"replica-{i}", **overrides) for i in range(replicas)]
     for worker in workers:
         worker.startup()
     for size, who in _cycle(schedule):
@@ -91,6 +102,28 @@ def run_workers(client: redis.Redis, replicas: int, schedule: Schedule) -> list[
         if not entries:
             break
         worker.process(entries)
+    return workers
+
+
+def run_pipelined_workers(
+    client: redis.Redis, replicas: int, schedule: Schedule, **overrides: Any
+) -> list[Worker]:
+    """Daemon loops of several replicas, interleaved one pipeline turn at a time.
+
+    A replica's queued batch was planned before the others' later turns ran, so its link
+    predictions go stale whenever another replica links first: the redo-and-replan path.
+    """
+    workers = [
+        make_worker(client, consumer=f"replica-{i}", batch_size=schedule[i % len(schedule)][0],
+                    block_ms=1, **overrides)
+        for i in range(replicas)
+    ]  # fmt: skip
+    for worker in workers:
+        worker.startup()
+    while sum(workers[who % replicas]._turn() for _, who in schedule):
+        pass
+    for worker in workers:
+        worker.loop(drain=True)
     return workers
 
 
@@ -106,20 +139,34 @@ def check(
     schedule: Schedule,
     *,
     pipelined: bool = False,
+    forward_identify: bool = False,
 ) -> None:
+    """The workers' results equal the model's, applied in the order entries committed.
+
+    With ``forward_identify`` every entry is emitted, so the output stream is the commit
+    order; it must be the stream order too, except for pipelined replicas, whose batches
+    may commit in any order (each replica keeps its own stream order).
+    """
     client.flushall()
+    ids = [
+        add(client, tenant, identify(user, prev) if kind == "identify" else event(user))
+        for kind, tenant, user, prev in ops
+    ]
+    runner = run_pipelined_workers if pipelined else run_workers
+    workers = runner(client, replicas, schedule, forward_identify=forward_identify)
+    order = [e["source_id"] for e in output(client)] if forward_identify else ids
+    assert sorted(order) == sorted(ids)  # every entry exactly once
+    if not (pipelined and replicas > 1):
+        assert order == ids
+    op_of = dict(zip(ids, ops, strict=True))
     model = Model()
     expected: dict[str, str] = {}
-    for kind, tenant, user, prev in ops:
+    for source in order:
+        kind, tenant, user, prev = op_of[source]
         if kind == "identify":
-            add(client, tenant, identify(user, prev))
             model.identify(tenant, user, prev)
-        else:
-            expected[add(client, tenant, event(user))] = model.resolve(tenant, user)
-    if pipelined:
-        workers = [drain(client, batch_size=schedule[0][0], consumer="daemon")]
-    else:
-        workers = run_workers(client, replicas, schedule)
+        if kind == "event" or forward_identify:
+            expected[source] = model.resolve(tenant, user)
     for tenant in TENANTS:
         stored = {k.decode(): v.decode() for k, v in client.hgetall(f"alias:{tenant}").items()}
         assert stored == model.links.get(tenant, {})
@@ -138,18 +185,20 @@ def check(
     ops=ops_strategy,
     replicas=st.integers(1, 3),
     schedule=schedules,
+    forward=st.booleans(),
 )
 # replica 0 caches "a" as a root, replica 1 links it, replica 0 must follow the link
 @example(
     ops=[("event", "t1", "a", ""), ("identify", "t1", "b", "a"), ("event", "t1", "a", "")],
     replicas=2,
     schedule=[(1, 0), (1, 1), (1, 0)],
+    forward=False,
 )
 def test_workers_match_the_model_on_fakeredis(
-    ops: list[Op], replicas: int, schedule: Schedule
+    ops: list[Op], replicas: int, schedule: Schedule, forward: bool
 ) -> None:
     """Any stream, any batching, any mix of replicas with their own caches: same as the model."""
-    check(fakeredis.FakeRedis(protocol=2), ops, replicas, schedule)
+    check(fakeredis.FakeRedis(protocol=2), ops, replicas, schedule, forward_identify=forward)
 
 
 @pytest.mark.redis_server
@@ -162,16 +211,52 @@ def test_workers_match_the_model_on_fakeredis(
     ops=ops_strategy,
     replicas=st.integers(1, 3),
     schedule=schedules,
+    forward=st.booleans(),
 )
 def test_workers_match_the_model_on_real_redis(
-    redis_server: RedisServer, ops: list[Op], replicas: int, schedule: Schedule
+    redis_server: RedisServer, ops: list[Op], replicas: int, schedule: Schedule, forward: bool
 ) -> None:
     """The same property on a real redis-server, where the Lua commit really runs."""
-    check(redis_server.client(), ops, replicas, schedule)
+    check(redis_server.client(), ops, replicas, schedule, forward_identify=forward)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=ops_strategy, batch_size=st.integers(1, 6))
-def test_the_daemon_loop_matches_the_model(ops: list[Op], batch_size: int) -> None:
+@given(ops=ops_strategy, batch_size=st.integers(1, 6), forward=st.booleans())
+def test_the_daemon_loop_matches_the_model(ops: list[Op], batch_size: int, forward: bool) -> None:
     """The pipelined loop (plan N+1 while N commits) gives exactly the sequential answer."""
-    check(fakeredis.FakeRedis(protocol=2), ops, 1, [(batch_size, 0)], pipelined=True)
+    check(
+        fakeredis.FakeRedis(protocol=2), ops, 1, [(batch_size, 0)],
+        pipelined=True, forward_identify=forward,
+    )  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=ops_strategy, replicas=st.integers(2, 3), schedule=schedules)
+def test_interleaved_daemon_loops_match_the_model(
+    ops: list[Op], replicas: int, schedule: Schedule
+) -> None:
+    """Several pipelined replicas whose queued plans go stale under each other's links."""
+    check(
+        fakeredis.FakeRedis(protocol=2), ops, replicas, schedule,
+        pipelined=True, forward_identify=True,
+    )  # fmt: skip
+
+
+@pytest.mark.redis_server
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(ops=ops_strategy, replicas=st.integers(2, 3), schedule=schedules)
+def test_interleaved_daemon_loops_match_the_model_on_real_redis(
+    redis_server: RedisServer, ops: list[Op], replicas: int, schedule: Schedule
+) -> None:
+    """The same on a real redis-server, where sent commits run while Python plans."""
+    client = redis_server.client()
+    hz = client.config_get("hz")["hz"]
+    client.config_set("hz", 100)  # BLOCK timeouts fire on server ticks: 10 ms, not 100
+    try:
+        check(client, ops, replicas, schedule, pipelined=True, forward_identify=True)
+    finally:
+        client.config_set("hz", hz)

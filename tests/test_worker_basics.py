@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import redis
 
-from tests.helpers import DEAD, add, drain, event, identify, output, resolved_by_source
+from tests.helpers import (
+    DEAD,
+    add,
+    drain,
+    event,
+    identify,
+    make_worker,
+    output,
+    resolved_by_source,
+)
 
 pytestmark = pytest.mark.redis_server
 
@@ -141,3 +150,19 @@ def test_refused_link_is_logged_with_its_entry_id(real_redis: redis.Redis) -> No
         "entry_id": conflicting,
         "log_level": "info",
     }
+
+
+def test_batch_queued_behind_a_stale_commit_is_planned_again(real_redis: redis.Redis) -> None:
+    """The queued batch assumed the sent batch's link; once that link is refused, the queued
+    event must resolve through what Redis holds, not through the refused link."""
+    add(real_redis, "acme", identify("x", "anon-a"))
+    event_id = add(real_redis, "acme", event("anon-a"))
+    worker = make_worker(real_redis, batch_size=1)
+    worker.startup()
+    for uid in ("anon-a", "x"):
+        worker.resolver.cache.put("acme", uid, uid)  # both believed unlinked...
+    real_redis.hset("alias:acme", "anon-a", "z")  # ...but another replica linked it
+    worker.loop(drain=True)
+    assert resolved_by_source(real_redis) == {event_id: "z"}
+    assert worker.totals["identify:conflict"] == 1
+    assert worker.metrics.stale_commits._value.get() == 1

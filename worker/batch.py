@@ -36,6 +36,8 @@ class Plan:
         "local_outcomes",
         "n_entries",
         "overlay",
+        "own_links",
+        "packed",
         "resolutions",
         "roots",
         "tenants",
@@ -63,6 +65,10 @@ class Plan:
         """Ids the cache could not resolve: the commit script resolves them."""
         self.overlay: dict[str, dict[str, str]] = {}
         """Links this batch assumes apply, in stream order, before they are committed."""
+        self.own_links: dict[str, dict[str, str]] = {}
+        """The part of ``overlay`` this batch's own identifies add."""
+        self.packed = b""
+        """The commit command, packed once the plan is complete (see Committer.pack)."""
 
     def key_index(self, tenant: str, key_prefix: str) -> int:
         index = self.tenants.get(tenant)
@@ -76,6 +82,10 @@ class Plan:
         for tenant, roots in self.roots.items():
             self.verify.extend((self.key_index(tenant, key_prefix), len(roots), *roots))
         return self
+
+    def assume(self, tenant: str, prev: str, target: str) -> None:
+        self.overlay.setdefault(tenant, {})[prev] = target
+        self.own_links.setdefault(tenant, {})[prev] = target
 
     @property
     def n_verify(self) -> int:
@@ -103,10 +113,13 @@ class Planner:
         self.forward_identify = forward_identify
 
     def plan(self, entries: list[Entry], after: Plan | None = None) -> Plan:
-        """``after`` is a plan whose commit runs first: its links are assumed."""
+        """``after`` is a plan whose commit runs first: its own links are assumed.
+
+        Only its own: whatever ``after`` assumed in turn has landed in the cache by then.
+        """
         plan = Plan()
         if after is not None:
-            plan.overlay = {tenant: dict(links) for tenant, links in after.overlay.items()}
+            plan.overlay = {tenant: dict(links) for tenant, links in after.own_links.items()}
         for position, entry in enumerate(entries):
             kind = entry.kind
             if kind is Kind.EVENT:
@@ -135,12 +148,11 @@ class Planner:
     def _resolve(self, plan: Plan, tenant: str, uid: str) -> str | None:
         """The root from the cache (recorded for verification), or None to defer."""
         plan.resolutions += 1
-        if not plan.overlay and self.cache.get(tenant, uid) == uid:
+        overlay = plan.overlay.get(tenant)
+        if (overlay is None or uid not in overlay) and self.cache.get(tenant, uid) == uid:
             end, how, hops, used_overlay = uid, End.ROOT, 0, False  # the common case
         else:
-            end, how, hops, used_overlay = walk(
-                self.cache, tenant, uid, self.max_depth, plan.overlay.get(tenant)
-            )
+            end, how, hops, used_overlay = walk(self.cache, tenant, uid, self.max_depth, overlay)
         if how is not End.ROOT:
             plan.deferred += 1
             return None
@@ -173,12 +185,12 @@ class Planner:
             expect = REFUSED  # prev already links elsewhere: noop or conflict
         elif prev_end is None or user_end is None:
             expect = UNKNOWN
-            plan.overlay.setdefault(tenant, {})[prev] = UNRESOLVED
+            plan.assume(tenant, prev, UNRESOLVED)
         elif user_end == prev:
             expect = REFUSED  # would close a cycle
         else:
             expect = APPLIES
-            plan.overlay.setdefault(tenant, {})[prev] = user
+            plan.assume(tenant, prev, user)
         index = plan.key_index(tenant, self.key_prefix)
         if self.forward_identify:
             fields = entry.fields or ()

@@ -11,7 +11,7 @@ from resolver.links import LinkOutcome
 from .batch import Plan
 from .config import Settings
 from .scripts import COMMIT_LUA, Script
-from .wire import Wire
+from .wire import Wire, pack
 
 __all__ = ["Committed", "Committer", "Stale"]
 
@@ -61,6 +61,11 @@ class Committer:
             "EVALSHA", self.script.sha, len(keys), *keys, *self._fixed,
             plan.n_verify, plan.n_entries, *plan.verify, *plan.entries,
         ]  # fmt: skip
+
+    def pack(self, plan: Plan) -> Plan:
+        """Pack the plan's command ahead of time (see Plan.packed)."""
+        plan.packed = pack(self.command(plan))
+        return plan
 
     def verdict(self, wire: Wire, plan: Plan, reply: Any) -> Committed | Stale:
         """Interpret a reply; after a Redis restart (NOSCRIPT) load the script and run again."""

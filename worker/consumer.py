@@ -1,9 +1,10 @@
 """The daemon: startup -> loop -> shutdown over one consumer of the input stream's group.
 
-The loop is a two-stage pipeline: while Redis runs batch N's commit (and the read that
-prefetches batch N+2), Python parses and plans batch N+1 on the assumption that N's links
-apply. Batch N+1's commit is only sent once N's verdict is in, so a refused commit simply
-means planning N+1 again.
+The loop is a pipeline on one held connection. In steady state, when batch N's verdict
+arrives, batch N+1 is already planned (assuming N's links) and packed: its commit goes out
+at once, with the read that fetches batch N+3. Only then does Python account for N, parse
+batch N+2 (read with N's commit) and plan and pack it, all while Redis runs N+1. A stale
+verdict for N means N is redone synchronously and N+1 planned again before it is sent.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .outage import Reconnector
 from .schema import Entry, Parser
 from .scripts import DELCONSUMER_LUA, Script
 from .streams import RawEntry, Streams, entries_of
-from .wire import Wire
+from .wire import Channel, Wire, pack
 
 __all__ = ["Worker"]
 
@@ -42,7 +43,7 @@ PROGRESS_EVERY_S = 30.0
 
 
 class _Ready:
-    """A parsed and planned batch waiting for its commit to be sent."""
+    """A parsed, planned and packed batch: its commit is ready to send."""
 
     __slots__ = ("entries", "plan")
 
@@ -67,6 +68,7 @@ class Worker:
         self.health = health if health is not None else Health(stall_after_s=60.0)
         self.streams = Streams(client, settings.input_stream, settings.group, settings.consumer)
         self.wire = Wire(client)
+        self.channel = Channel(client)
         self.parser = Parser(settings.max_event_bytes)
         rules = LinkRules(settings.placeholders)
         self.resolver = Resolver(
@@ -83,8 +85,13 @@ class Worker:
         self._delconsumer = Script(DELCONSUMER_LUA)
         self._recover_pending = True
         self._reconnector = Reconnector(settings.reconnect_give_up_s, self._stop, self, log)
-        self._ready: _Ready | None = None
-        self._raw: list[RawEntry] = []
+        self._sent: _Ready | None = None
+        """The batch whose commit (and a read after it) is on the channel, replies owed."""
+        self._queued: _Ready | None = None
+        """The next batch, planned on the assumption that ``_sent`` commits."""
+        count = settings.batch_size
+        self._read_now = pack(self.streams.read_command(count, None))
+        self._read_blocking = pack(self.streams.read_command(count, settings.block_ms))
         self._next_maintenance = 0.0
         self._next_progress = time.monotonic() + PROGRESS_EVERY_S
         metrics.watch_group(self.group_stats)
@@ -129,6 +136,7 @@ class Worker:
 
     def shutdown(self) -> None:
         self.health.group_ready = False
+        self.channel.reset()
         self.log.info("stopped", **self.summary())
 
     def summary(self) -> dict[str, int]:
@@ -155,57 +163,77 @@ class Worker:
         return self._turn()
 
     def _turn(self) -> int:
-        """Commit the planned batch while planning the next one; returns entries committed.
+        """Move the pipeline one batch along; returns entries committed or read (0: idle)."""
+        if self._sent is None:
+            return self._start()
+        return self._advance(self._sent)
 
-        In steady state one round trip carries batch N's commit and the read of batch N+2,
-        and Python plans batch N+1 (assuming N's links) while Redis runs them.
-        """
-        ready, raw = self._ready, self._raw
-        if ready is None:
+    def _start(self) -> int:
+        """Nothing on the channel: wait for entries, send their commit and fill the pipeline."""
+        queued = self._queued
+        if queued is None:
+            raw = self.streams.read(self.settings.batch_size, self.settings.block_ms)
             if not raw:
-                raw = self.streams.read(self.settings.batch_size, self.settings.block_ms)
-                if not raw:
-                    return 0
-            ready = self._prepare(raw)
-            # a full batch means more is waiting: fetch it now so the next turn overlaps;
-            # a short one means we are caught up, and the commit should go out at once
-            full = len(raw) >= self.settings.batch_size
-            raw = self.streams.read(self.settings.batch_size, None) if full else []
-        self._ready, self._raw = None, []
-        block = None if raw else self.settings.block_ms
-        handle = self.wire.send(
-            self.committer.command(ready.plan),
-            self.streams.read_command(self.settings.batch_size, block),
-        )
-        following = self._prepare(raw, after=ready.plan) if raw else None
-        commit_reply, read_reply = handle.replies()
-        if self._land(ready, commit_reply) and following is not None:
-            following = self._prepare(raw)
-        if isinstance(read_reply, ResponseError):
-            raise read_reply
-        self._ready, self._raw = following, entries_of(read_reply)
-        return len(ready.entries)
+                return 0
+            queued = self._prepare(raw)
+        # a full batch means more is waiting: fetch the next one now so that it is planned
+        # while this commit runs; a short one means we are caught up: send, and wait there
+        full = len(queued.entries) >= self.settings.batch_size
+        extra = self.streams.read(self.settings.batch_size, None) if full else []
+        read = self._read_now if extra else self._read_blocking
+        self.channel.send(queued.plan.packed + read, 2)
+        self._sent = queued
+        self._queued = self._prepare(extra, after=queued.plan) if extra else None
+        return len(queued.entries)
+
+    def _advance(self, sent: _Ready) -> int:
+        """``sent``'s verdict is due: send the queued commit first, then account and plan."""
+        queued, self._sent, self._queued = self._queued, None, None
+        result = self._verdict(sent)
+        if result is None and queued is not None:
+            queued = self._planned(queued.entries)  # it assumed links that were refused
+        if queued is not None:
+            self.channel.send(queued.plan.packed + self._read_now, 2)
+            self._sent = queued
+        if result is not None:
+            self._finish(sent.entries, sent.plan, result)
+        raw = self._entries_read(self.channel.reply())
+        if raw:
+            self._queued = self._prepare(raw, after=queued.plan if queued is not None else None)
+        return len(sent.entries) + len(raw)
+
+    def _verdict(self, sent: _Ready) -> Committed | None:
+        """The sent commit's verdict; None if it was stale and has been redone (and landed)."""
+        result = self.committer.verdict(self.wire, sent.plan, self.channel.reply())
+        if isinstance(result, Committed):
+            return result
+        self._forget_stale(sent.plan, result)
+        self._commit_entries(sent.entries)
+        return None
+
+    @staticmethod
+    def _entries_read(reply: Any) -> list[RawEntry]:
+        if isinstance(reply, ResponseError):
+            raise reply
+        return entries_of(reply)
 
     def _prepare(self, raw: list[RawEntry], after: Plan | None = None) -> _Ready:
-        entries = [self.parser.parse(eid, fields) for eid, fields in raw]
-        return _Ready(entries, self.planner.plan(entries, after=after))
+        return self._planned([self.parser.parse(eid, fields) for eid, fields in raw], after)
 
-    def _land(self, ready: _Ready, reply: Any) -> bool:
-        """Account a commit's verdict; a stale one is redone synchronously (returns True)."""
-        result = self.committer.verdict(self.wire, ready.plan, reply)
-        if isinstance(result, Committed):
-            self._finish(ready.entries, ready.plan, result)
-            return False
-        self._forget_stale(ready.plan, result)
-        self._commit_entries(ready.entries)
-        return True
+    def _planned(self, entries: list[Entry], after: Plan | None = None) -> _Ready:
+        return _Ready(entries, self.committer.pack(self.planner.plan(entries, after=after)))
 
     def _settle(self) -> None:
-        """Commit whatever is planned or held, so nothing is left in hand."""
-        ready, raw = self._ready, self._raw
-        self._ready, self._raw = None, []
-        if ready is not None:
-            self._commit_entries(ready.entries)
+        """Commit whatever is sent, planned or read, so nothing is left in hand."""
+        sent, queued, self._sent, self._queued = self._sent, self._queued, None, None
+        raw: list[RawEntry] = []
+        if sent is not None:
+            result = self._verdict(sent)
+            if result is not None:
+                self._finish(sent.entries, sent.plan, result)
+            raw = self._entries_read(self.channel.reply())
+        if queued is not None:
+            self._commit_entries(queued.entries)
         if raw:
             self.process(raw)
 
@@ -342,7 +370,8 @@ class Worker:
         self.health.connected = False
         self.metrics.redis_up.set(0)
         # what was in hand is pending in Redis (or committed): recovery re-reads it
-        self._ready, self._raw = None, []
+        self.channel.reset()
+        self._sent, self._queued = None, None
 
     def reconnected(self) -> None:
         # Redis may have lost links (no AOF) or scripts: start from what it holds now,

@@ -3,6 +3,9 @@
 hiredis packs each command in one C call; redis-py's own packing walks every argument in
 Python, and a 500-event commit carries about 6000 arguments. Splitting send from receive
 lets the worker plan the next batch while Redis runs the previous commit.
+
+:class:`Channel` keeps one connection for the worker's pipeline, so replies can be read one
+at a time while later commands are already on their way.
 """
 
 from __future__ import annotations
@@ -14,9 +17,14 @@ import hiredis
 import redis
 from redis.exceptions import ResponseError
 
-__all__ = ["InFlight", "Wire"]
+__all__ = ["Channel", "InFlight", "Wire", "pack"]
 
 Command = Sequence[Any]
+
+
+def pack(*commands: Command) -> bytes:
+    """RESP for ``commands``, to send now or later."""
+    return b"".join(hiredis.pack_command(tuple(c)) for c in commands)
 
 
 class InFlight:
@@ -55,8 +63,7 @@ class Wire:
     def send(self, *commands: Command) -> InFlight:
         conn = self._pool.get_connection()
         try:
-            packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)
-            conn.send_packed_command([packed], check_health=False)  # type: ignore[no-untyped-call]
+            conn.send_packed_command([pack(*commands)], check_health=False)  # type: ignore[no-untyped-call]
         except BaseException:
             conn.disconnect()  # type: ignore[no-untyped-call]
             self._pool.release(conn)
@@ -69,3 +76,55 @@ class Wire:
         if isinstance(reply, ResponseError):
             raise reply
         return reply
+
+
+class Channel:
+    """One held connection: send packed commands, read their replies later, one at a time.
+
+    Any failure drops the connection and every reply still owed: what was sent is either
+    committed in Redis or still pending there, and recovery re-reads it.
+    """
+
+    __slots__ = ("_conn", "_owed", "_pool")
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._conn: Any = None
+        self._owed = 0
+
+    @property
+    def owed(self) -> int:
+        """Replies sent for and not read yet."""
+        return self._owed
+
+    def send(self, packed: bytes, count: int) -> None:
+        """Write ``packed`` (``count`` commands) without waiting for anything."""
+        if self._conn is None:
+            self._conn = self._pool.get_connection()
+        try:
+            self._conn.send_packed_command([packed], check_health=False)
+        except BaseException:
+            self.reset()
+            raise
+        self._owed += count
+
+    def reply(self) -> Any:
+        """The oldest reply owed; an error reply is returned as its ResponseError."""
+        if not self._owed:
+            raise RuntimeError("no reply is owed on this channel")
+        try:
+            reply = self._conn.read_response()
+        except ResponseError as exc:
+            reply = exc
+        except BaseException:
+            self.reset()
+            raise
+        self._owed -= 1
+        return reply
+
+    def reset(self) -> None:
+        """Drop the connection (and the replies owed on it)."""
+        conn, self._conn, self._owed = self._conn, None, 0
+        if conn is not None:
+            conn.disconnect()
+            self._pool.release(conn)
