@@ -4,6 +4,8 @@ Per batch: XREADGROUP COUNT=batch (redis-py's standard reply parsing), add one f
 each entry without decoding its event, then one pipeline with every XADD and one XACK.
 No resolution, no exactly-once. Run as a subprocess:
 ``python -m bench.copyloop --url URL --batch 500``; prints one JSON result line.
+With ``--follow`` it is the latency baseline instead: it creates the group, blocks for new
+entries until SIGTERM and stamps each copy with ``source_id`` like the worker does.
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ __all__ = ["main", "run"]
 
 
 def run(client: redis.Redis, *, stream: str, group: str, consumer: str, output: str,
-        batch: int, limit: int | None = None) -> dict[str, Any]:
+        batch: int, limit: int | None = None, follow_block_ms: int | None = None) -> dict[str, Any]:
     handled = 0
     started: float | None = None
     ended = 0.0
+    block = follow_block_ms or 200
     while limit is None or handled < limit:
-        reply: Any = client.xreadgroup(group, consumer, {stream: ">"}, count=batch, block=200)
+        reply: Any = client.xreadgroup(group, consumer, {stream: ">"}, count=batch, block=block)
         if not reply:
+            if follow_block_ms:
+                continue
             break
         if started is None:
             started = time.perf_counter()
@@ -37,6 +42,8 @@ def run(client: redis.Redis, *, stream: str, group: str, consumer: str, output: 
         ids = []
         for entry_id, fields in entries:
             fields[b"copied_by"] = b"copyloop"
+            if follow_block_ms:
+                fields[b"source_id"] = entry_id
             pipe.xadd(output, fields)
             ids.append(entry_id)
         pipe.xack(stream, group, *ids)
@@ -56,10 +63,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--group", default="stitch")
     parser.add_argument("--consumer", default="copyloop-1")
     parser.add_argument("--output", default="events:enriched")
+    parser.add_argument("--follow", type=int, default=None, metavar="BLOCK_MS",
+                        help="latency baseline: create the group and block for entries")
     args = parser.parse_args(argv)
     client = redis.Redis.from_url(args.url, protocol=2)
+    if args.follow:
+        try:
+            client.xgroup_create(args.stream, args.group, "0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
     result = run(client, stream=args.stream, group=args.group, consumer=args.consumer,
-                 output=args.output, batch=args.batch, limit=args.limit)
+                 output=args.output, batch=args.batch, limit=args.limit,
+                 follow_block_ms=args.follow)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
     print(json.dumps(result))

@@ -255,16 +255,21 @@ def _drive(server: RedisServer, worker: subprocess.Popen[bytes], result: Latency
 
 
 def run_latency(server: RedisServer, *, rate: int, seconds: float, block_ms: int,
-                batch_size: int = 500, tmpdir: Path) -> LatencyResult:
+                batch_size: int = 500, tmpdir: Path, copy_loop: bool = False) -> LatencyResult:
+    """The worker under a paced load; with ``copy_loop``, the copy loop as the baseline."""
     result = LatencyResult(rate, seconds, block_ms)
     client = server.client()
     client.delete(INPUT, OUTPUT, DEAD, *client.scan_iter(match=ALIAS + "*"))
     env = worker_env(server.url, input_stream=INPUT, output_stream=OUTPUT, dead_stream=DEAD,
                      alias_prefix=ALIAS, consumer="lat-1", block_ms=block_ms,
                      batch_size=batch_size, log_level="warning")
+    command = [sys.executable, "-m", "worker", "run"]
+    if copy_loop:
+        command = [sys.executable, "-m", "bench.copyloop", "--url", server.url, "--stream", INPUT,
+                   "--output", OUTPUT, "--batch", str(batch_size), "--follow", str(block_ms)]
     recv_path = tmpdir / "recv-delays.json"
     with open(tmpdir / "latency-worker.log", "wb") as log:
-        worker = subprocess.Popen(pinned([sys.executable, "-m", "worker", "run"], CPU_WORKER),
+        worker = subprocess.Popen(pinned(command, CPU_WORKER),
                                   env=env, cwd=ROOT, stdout=log, stderr=log)
         try:
             if _wait_group(client):
