@@ -192,11 +192,13 @@ class Worker:
         result = self._verdict(sent)
         if result is None and queued is not None:
             queued = self._planned(queued.entries)  # it assumed links that were refused
-        if queued is not None:
-            self.channel.send(queued.plan.packed + self._read_now, 2)
-            self._sent = queued
-        if result is not None:
-            self._finish(sent.entries, sent.plan, result)
+        try:
+            if queued is not None:
+                self.channel.send(queued.plan.packed + self._read_now, 2)
+                self._sent = queued
+        finally:  # ``sent`` is committed: count it even if the send failed
+            if result is not None:
+                self._finish(sent.entries, sent.plan, result)
         raw = self._entries_read(self.channel.reply())
         if raw:
             self._queued = self._prepare(raw, after=queued.plan if queued is not None else None)
