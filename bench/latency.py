@@ -38,7 +38,7 @@ from .redis_server import CPU_REDIS, CPU_WORKER, RedisServer, pinned
 from .sysstat import MachineCpu, proc_cpu
 from .throughput import ROOT, worker_env
 
-__all__ = ["LatencyResult", "main", "percentile", "run_latency"]
+__all__ = ["LatencyResult", "main", "percentile", "run_latency", "run_redis_probe"]
 
 INPUT, OUTPUT, DEAD, ALIAS = "lat:events", "lat:enriched", "lat:dead", "lat:alias:"
 PRODUCER_SEED = 777
@@ -65,6 +65,8 @@ class LatencyResult:
     """Total, including generating its data before pacing starts."""
     pacing_cpu_s: float = 0.0
     reader_cpu_s: float = 0.0
+    producer_rtt_ms: list[float] = field(default_factory=list)
+    """Round trip of each of the producer's XADD pipelines (Redis's own responsiveness)."""
     error: str = ""
 
 
@@ -125,6 +127,7 @@ def produce(url: str, rate: int, seconds: float) -> dict[str, Any]:
         # everything but the trailing empty 't' value, with the array length kept
         heads.append(packed[: -len(b"$0\r\n\r\n")])
     sent = 0
+    rtts: list[float] = []
     usage = resource.getrusage(resource.RUSAGE_SELF)
     setup_cpu = usage.ru_utime + usage.ru_stime
     started = time.perf_counter()
@@ -136,12 +139,15 @@ def produce(url: str, rate: int, seconds: float) -> dict[str, Any]:
             continue
         stamp = repr(time.time()).encode()
         tail = b"$%d\r\n%s\r\n" % (len(stamp), stamp)
-        conn.call(b"".join(head + tail for head in heads[sent:due]), due - sent)
+        payload = b"".join(head + tail for head in heads[sent:due])
+        before = time.perf_counter()
+        conn.call(payload, due - sent)
+        rtts.append((time.perf_counter() - before) * 1000)
         sent = due
     usage = resource.getrusage(resource.RUSAGE_SELF)
     total_cpu = usage.ru_utime + usage.ru_stime
     return {"sent": sent, "seconds": time.perf_counter() - started, "cpu_seconds": total_cpu,
-            "pacing_cpu_seconds": total_cpu - setup_cpu}
+            "pacing_cpu_seconds": total_cpu - setup_cpu, "rtt_ms": rtts}
 
 
 def read(url: str, out_path: str, max_s: float) -> dict[str, Any]:
@@ -240,6 +246,7 @@ def _drive(server: RedisServer, worker: subprocess.Popen[bytes], result: Latency
         result.produced, result.produce_s = int(produced["sent"]), float(produced["seconds"])
         result.producer_cpu_s = float(produced["cpu_seconds"])
         result.pacing_cpu_s = float(produced["pacing_cpu_seconds"])
+        result.producer_rtt_ms = sorted(float(v) for v in produced["rtt_ms"])
         result.worker_cpu_s = proc_cpu(worker.pid) - cpu0
         result.redis_cpu_s = server.cpu_seconds() - redis_cpu0
         result.reader_cpu_s = proc_cpu(reader.pid) - reader_cpu0
@@ -252,6 +259,25 @@ def _drive(server: RedisServer, worker: subprocess.Popen[bytes], result: Latency
         if reader.poll() is None:
             reader.kill()
             reader.wait()
+
+
+def run_redis_probe(server: RedisServer, *, rate: int, seconds: float) -> LatencyResult:
+    """The producer alone, nobody consuming: how responsive Redis itself is at this load."""
+    result = LatencyResult(rate, seconds, 0)
+    client = server.client()
+    client.delete(INPUT)
+    done = subprocess.run(
+        pinned([sys.executable, "-m", "bench.latency", "produce", "--url", server.url,
+                "--rate", str(rate), "--seconds", str(seconds)], CPU_REDIS),
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=seconds * 5 + 60)
+    if done.returncode != 0:
+        result.error = f"producer failed: {done.stderr.strip()[-600:]}"
+    else:
+        produced = json.loads(done.stdout.strip().splitlines()[-1])
+        result.produced, result.produce_s = int(produced["sent"]), float(produced["seconds"])
+        result.producer_rtt_ms = sorted(float(v) for v in produced["rtt_ms"])
+    client.delete(INPUT)
+    return result
 
 
 def run_latency(server: RedisServer, *, rate: int, seconds: float, block_ms: int,
