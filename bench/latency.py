@@ -224,7 +224,7 @@ def _id_delays(client: redis.Redis) -> list[int]:
 def _drive(server: RedisServer, worker: subprocess.Popen[bytes], result: LatencyResult,
            recv_path: Path) -> None:
     """Start the reader, run the paced producer to the end, wait for the reader."""
-    rate, seconds = result.rate, result.seconds
+    seconds = result.seconds
     reader = subprocess.Popen(
         pinned([sys.executable, "-m", "bench.latency", "read", "--url", server.url,
                 "--seconds", str(seconds), "--out", str(recv_path)], CPU_REDIS),
@@ -235,18 +235,8 @@ def _drive(server: RedisServer, worker: subprocess.Popen[bytes], result: Latency
         redis_cpu0 = server.cpu_seconds()
         cpu0, reader_cpu0 = proc_cpu(worker.pid), proc_cpu(reader.pid)
         machine = MachineCpu().start()
-        done = subprocess.run(
-            pinned([sys.executable, "-m", "bench.latency", "produce", "--url", server.url,
-                    "--rate", str(rate), "--seconds", str(seconds)], CPU_REDIS),
-            cwd=ROOT, capture_output=True, text=True, check=False, timeout=seconds * 5 + 60)
-        if done.returncode != 0:
-            result.error = f"producer failed: {done.stderr.strip()[-600:]}"
+        if not _produce(server, result):
             return
-        produced = json.loads(done.stdout.strip().splitlines()[-1])
-        result.produced, result.produce_s = int(produced["sent"]), float(produced["seconds"])
-        result.producer_cpu_s = float(produced["cpu_seconds"])
-        result.pacing_cpu_s = float(produced["pacing_cpu_seconds"])
-        result.producer_rtt_ms = sorted(float(v) for v in produced["rtt_ms"])
         result.worker_cpu_s = proc_cpu(worker.pid) - cpu0
         result.redis_cpu_s = server.cpu_seconds() - redis_cpu0
         result.reader_cpu_s = proc_cpu(reader.pid) - reader_cpu0
@@ -266,18 +256,27 @@ def run_redis_probe(server: RedisServer, *, rate: int, seconds: float) -> Latenc
     result = LatencyResult(rate, seconds, 0)
     client = server.client()
     client.delete(INPUT)
+    _produce(server, result)
+    client.delete(INPUT)
+    return result
+
+
+def _produce(server: RedisServer, result: LatencyResult) -> bool:
+    """Run the paced producer to the end and record what it reports; False if it failed."""
+    seconds = result.seconds
     done = subprocess.run(
         pinned([sys.executable, "-m", "bench.latency", "produce", "--url", server.url,
-                "--rate", str(rate), "--seconds", str(seconds)], CPU_REDIS),
+                "--rate", str(result.rate), "--seconds", str(seconds)], CPU_REDIS),
         cwd=ROOT, capture_output=True, text=True, check=False, timeout=seconds * 5 + 60)
     if done.returncode != 0:
         result.error = f"producer failed: {done.stderr.strip()[-600:]}"
-    else:
-        produced = json.loads(done.stdout.strip().splitlines()[-1])
-        result.produced, result.produce_s = int(produced["sent"]), float(produced["seconds"])
-        result.producer_rtt_ms = sorted(float(v) for v in produced["rtt_ms"])
-    client.delete(INPUT)
-    return result
+        return False
+    produced = json.loads(done.stdout.strip().splitlines()[-1])
+    result.produced, result.produce_s = int(produced["sent"]), float(produced["seconds"])
+    result.producer_cpu_s = float(produced["cpu_seconds"])
+    result.pacing_cpu_s = float(produced["pacing_cpu_seconds"])
+    result.producer_rtt_ms = sorted(float(v) for v in produced["rtt_ms"])
+    return True
 
 
 def run_latency(server: RedisServer, *, rate: int, seconds: float, block_ms: int,
