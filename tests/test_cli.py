@@ -92,11 +92,14 @@ def test_resolve_command_prints_roots_and_chains(
     assert chained.stdout.strip() == "anon -> real -> merged"
 
 
-def test_demo_runs_the_scenario_end_to_end() -> None:
-    """`make demo`'s command feeds the sample, drains, and reports what happened."""
-    result = cli("demo", timeout=120)
+@pytest.mark.parametrize("path", [None, "/nonexistent"], ids=["redis-server", "fakeredis"])
+def test_demo_runs_the_scenario_end_to_end(path: str | None) -> None:
+    """`make demo`'s command feeds the sample, drains, and reports what happened; without a
+    redis-server on PATH (a fresh machine) it runs on fakeredis's TCP server instead."""
+    result = cli("demo", env={"PATH": path} if path else None, timeout=120)
     assert result.returncode == 0, result.stderr
     out = result.stdout
+    assert ("fakeredis" in out) == (path is not None)
     assert "22 in, 10 enriched out, 5 dead-lettered" in out
     assert "cust-2002 -> cust-1001" in out
     assert "missing_previous_user_id" in out
