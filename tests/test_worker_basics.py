@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import redis
 
@@ -15,6 +17,11 @@ from tests.helpers import (
     output,
     resolved_by_source,
 )
+from worker import Worker
+from worker.batch import Plan
+from worker.commit import Committed, Committer, Stale
+from worker.errors import StaleCommitError
+from worker.wire import Channel, pack
 
 pytestmark = pytest.mark.redis_server
 
@@ -166,3 +173,70 @@ def test_batch_queued_behind_a_stale_commit_is_planned_again(real_redis: redis.R
     assert resolved_by_source(real_redis) == {event_id: "z"}
     assert worker.totals["identify:conflict"] == 1
     assert worker.metrics.stale_commits._value.get() == 1
+
+
+def test_stop_requested_while_the_pipeline_loses_its_connection(
+    real_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link drops with a commit in flight and SIGTERM already requested: the worker
+    stops cleanly, and what it held stays pending for the next start to finish."""
+    ids = [add(real_redis, "acme", event(f"user-{i}")) for i in range(10)]
+    worker = make_worker(real_redis, batch_size=2, consumer="stopper")
+    worker.startup()
+    replies = 0
+    real_reply = Channel.reply
+
+    def dropping_reply(channel: Channel) -> Any:
+        nonlocal replies
+        replies += 1
+        if replies == 4:  # the read sent with the first commit, after the second was sent
+            worker.request_stop()
+            channel.reset()
+            raise redis.ConnectionError("Connection reset by peer")
+        return real_reply(channel)
+
+    monkeypatch.setattr(Channel, "reply", dropping_reply)
+    worker.loop()  # returns instead of raising
+    monkeypatch.undo()
+    assert replies == 4
+    drain(real_redis, batch_size=2, consumer="stopper")
+    assert sorted(resolved_by_source(real_redis)) == sorted(ids)
+    assert len(output(real_redis)) == len(ids)
+
+
+def test_batch_left_pending_after_stale_retries_keeps_stream_order(
+    real_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that stays stale through every retry is left pending; the batches pipelined
+    behind it wait for its recovery instead of overtaking it."""
+    ids = [add(real_redis, "acme", event(f"user-{i}")) for i in range(8)]
+    worker = make_worker(real_redis, batch_size=2)
+    real_pack, real_verdict = Committer.pack, Committer.verdict
+    real_retries = Worker._commit_with_retries
+    faults = {"pack": 1, "verdict": 1, "retries": 1}
+
+    def first_commit_refused(self: Committer, plan: Plan) -> Plan:
+        if faults["pack"]:  # the first commit writes nothing and is answered as stale
+            faults["pack"] -= 1
+            plan.packed = pack(["PING"])
+            return plan
+        return real_pack(self, plan)
+
+    def stale_once(self: Committer, *args: Any) -> Committed | Stale:
+        if faults["verdict"]:
+            faults["verdict"] -= 1
+            return Stale([])
+        return real_verdict(self, *args)
+
+    def exhausted_once(self: Worker, entries: list[Any]) -> tuple[Any, Committed]:
+        if faults["retries"]:
+            faults["retries"] -= 1
+            raise StaleCommitError("stayed stale")
+        return real_retries(self, entries)
+
+    monkeypatch.setattr(Committer, "pack", first_commit_refused)
+    monkeypatch.setattr(Committer, "verdict", stale_once)
+    monkeypatch.setattr(Worker, "_commit_with_retries", exhausted_once)
+    worker.run(drain=True)
+    assert faults == {"pack": 0, "verdict": 0, "retries": 0}
+    assert [e["source_id"] for e in output(real_redis)] == ids

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 import redis
@@ -40,6 +41,14 @@ __all__ = ["Worker"]
 MAX_STALE_RETRIES = 8
 """Each retry re-reads what changed; only a hot, contested id could need more."""
 PROGRESS_EVERY_S = 30.0
+
+
+class _Redo(Enum):
+    REDONE = "stale, then committed synchronously (and accounted)"
+    LEFT_PENDING = "stale through every retry: left pending for recovery"
+
+
+REDONE, LEFT_PENDING = _Redo.REDONE, _Redo.LEFT_PENDING
 
 
 class _Ready:
@@ -160,6 +169,8 @@ class Worker:
         if now >= self._next_progress:
             self._next_progress = now + PROGRESS_EVERY_S
             self.log.info("progress", cache_entries=len(self.resolver.cache), **self.summary())
+        if self._recover_pending:  # a batch was just left pending: recover it before reading on
+            return 1
         return self._turn()
 
     def _turn(self) -> int:
@@ -190,28 +201,30 @@ class Worker:
         """``sent``'s verdict is due: send the queued commit first, then account and plan."""
         queued, self._sent, self._queued = self._queued, None, None
         result = self._verdict(sent)
-        if result is None and queued is not None:
+        if result is LEFT_PENDING:  # and so is everything after it, to keep the order:
+            self.channel.reply()  # the read sent with it; recovery re-reads them all
+            return len(sent.entries)
+        if result is REDONE and queued is not None:
             queued = self._planned(queued.entries)  # it assumed links that were refused
         try:
             if queued is not None:
                 self.channel.send(queued.plan.packed + self._read_now, 2)
                 self._sent = queued
         finally:  # ``sent`` is committed: count it even if the send failed
-            if result is not None:
+            if isinstance(result, Committed):
                 self._finish(sent.entries, sent.plan, result)
         raw = self._entries_read(self.channel.reply())
         if raw:
             self._queued = self._prepare(raw, after=queued.plan if queued is not None else None)
         return len(sent.entries) + len(raw)
 
-    def _verdict(self, sent: _Ready) -> Committed | None:
-        """The sent commit's verdict; None if it was stale and has been redone (and landed)."""
+    def _verdict(self, sent: _Ready) -> Committed | _Redo:
+        """The sent commit's verdict, or what became of it after it was found stale."""
         result = self.committer.verdict(self.wire, sent.plan, self.channel.reply())
         if isinstance(result, Committed):
             return result
         self._forget_stale(sent.plan, result)
-        self._commit_entries(sent.entries)
-        return None
+        return REDONE if self._commit_entries(sent.entries) else LEFT_PENDING
 
     @staticmethod
     def _entries_read(reply: Any) -> list[RawEntry]:
@@ -231,9 +244,11 @@ class Worker:
         raw: list[RawEntry] = []
         if sent is not None:
             result = self._verdict(sent)
-            if result is not None:
+            if isinstance(result, Committed):
                 self._finish(sent.entries, sent.plan, result)
             raw = self._entries_read(self.channel.reply())
+            if result is LEFT_PENDING:  # leave what came after it too, to keep the order
+                return
         if queued is not None:
             self._commit_entries(queued.entries)
         if raw:
@@ -303,14 +318,16 @@ class Worker:
         """Parse, plan and commit one batch synchronously (recovery, reclaim, tests)."""
         self._commit_entries([self._parse(eid, fields, counts) for eid, fields in raw])
 
-    def _commit_entries(self, entries: list[Entry]) -> None:
+    def _commit_entries(self, entries: list[Entry]) -> bool:
+        """Commit synchronously; False if the batch was left pending for recovery."""
         try:
             plan, result = self._commit_with_retries(entries)
         except StaleCommitError as exc:
             self.log.error("batch left pending, retried from the pending list", error=str(exc))
             self._recover_pending = True
-            return
+            return False
         self._finish(entries, plan, result)
+        return True
 
     def _parse(
         self, eid: bytes, fields: list[bytes] | None, counts: dict[bytes, int] | None

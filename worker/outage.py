@@ -63,6 +63,8 @@ class Reconnector:
                 if isinstance(exc, ResponseError) and "NOGROUP" not in str(exc):
                     raise
                 if self._stop.is_set():
+                    if backoff is None:
+                        self._hooks.went_down(exc)  # what was in flight is gone with the link
                     self._log.warning(
                         "stopping during a redis outage; uncommitted entries stay pending",
                         error=str(exc),

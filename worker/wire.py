@@ -79,7 +79,8 @@ class Wire:
 
 
 class Channel:
-    """One held connection: send packed commands, read their replies later, one at a time.
+    """One connection held while replies are owed: send packed commands now, read their
+    replies later, one at a time.
 
     Any failure drops the connection and every reply still owed: what was sent is either
     committed in Redis or still pending there, and recovery re-reads it.
@@ -120,6 +121,9 @@ class Channel:
             self.reset()
             raise
         self._owed -= 1
+        if not self._owed:  # back to the pool between bursts: nothing is held while idle
+            self._pool.release(self._conn)
+            self._conn = None
         return reply
 
     def reset(self) -> None:
