@@ -71,7 +71,7 @@ class Committer:
         """Interpret a reply; after a Redis restart (NOSCRIPT) load the script and run again."""
         if isinstance(reply, NoScriptError):
             wire.call("SCRIPT", "LOAD", self.script.source)
-            reply = wire.send(self.command(plan)).replies()[0]
+            reply = wire.request(self.command(plan))
         if isinstance(reply, ResponseError):
             raise reply
         if reply[0] == 1:
@@ -94,4 +94,4 @@ class Committer:
         return Stale([int(n) - 1 for n, _ in reply[1]])
 
     def commit(self, wire: Wire, plan: Plan) -> Committed | Stale:
-        return self.verdict(wire, plan, wire.send(self.command(plan)).replies()[0])
+        return self.verdict(wire, plan, wire.request(self.command(plan)))

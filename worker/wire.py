@@ -1,11 +1,9 @@
 """Send commands without waiting, read their replies later: the worker's hot I/O path.
 
 hiredis packs each command in one C call; redis-py's own packing walks every argument in
-Python, and a 500-event commit carries about 6000 arguments. Splitting send from receive
-lets the worker plan the next batch while Redis runs the previous commit.
-
-:class:`Channel` keeps one connection for the worker's pipeline, so replies can be read one
-at a time while later commands are already on their way.
+Python, and a 500-event commit carries about 6000 arguments. :class:`Channel` splits send
+from receive so the worker plans the next batch while Redis runs the previous commit;
+:class:`Wire` is the same path for one command waited for at once.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import hiredis
 import redis
 from redis.exceptions import ResponseError
 
-__all__ = ["Channel", "InFlight", "Wire", "pack"]
+__all__ = ["Channel", "Wire", "pack"]
 
 Command = Sequence[Any]
 
@@ -27,52 +25,23 @@ def pack(*commands: Command) -> bytes:
     return b"".join(hiredis.pack_command(tuple(c)) for c in commands)
 
 
-class InFlight:
-    """Commands written to a pooled connection whose replies have not been read yet."""
-
-    __slots__ = ("_conn", "_count", "_pool")
-
-    def __init__(self, pool: redis.ConnectionPool, conn: Any, count: int) -> None:
-        self._pool = pool
-        self._conn = conn
-        self._count = count
-
-    def replies(self) -> list[Any]:
-        """Every reply in order; an error reply is returned as its ResponseError, not raised."""
-        conn, out = self._conn, []
-        try:
-            for _ in range(self._count):
-                try:
-                    out.append(conn.read_response())
-                except ResponseError as exc:
-                    out.append(exc)
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            self._pool.release(conn)
-        return out
-
-
 class Wire:
-    __slots__ = ("_pool",)
+    """One command at a time on a pooled connection, packed by hiredis."""
+
+    __slots__ = ("_client",)
 
     def __init__(self, client: redis.Redis) -> None:
-        self._pool = client.connection_pool
+        self._client = client
 
-    def send(self, *commands: Command) -> InFlight:
-        conn = self._pool.get_connection()
-        try:
-            conn.send_packed_command([pack(*commands)], check_health=False)  # type: ignore[no-untyped-call]
-        except BaseException:
-            conn.disconnect()  # type: ignore[no-untyped-call]
-            self._pool.release(conn)
-            raise
-        return InFlight(self._pool, conn, len(commands))
+    def request(self, command: Command) -> Any:
+        """Send ``command`` and wait; an error reply is returned as its ResponseError."""
+        channel = Channel(self._client)
+        channel.send(pack(command), 1)
+        return channel.reply()
 
     def call(self, *args: Any) -> Any:
         """One command, waited for; an error reply is raised."""
-        [reply] = self.send(args).replies()
+        reply = self.request(args)
         if isinstance(reply, ResponseError):
             raise reply
         return reply
@@ -92,11 +61,6 @@ class Channel:
         self._pool = client.connection_pool
         self._conn: Any = None
         self._owed = 0
-
-    @property
-    def owed(self) -> int:
-        """Replies sent for and not read yet."""
-        return self._owed
 
     def send(self, packed: bytes, count: int) -> None:
         """Write ``packed`` (``count`` commands) without waiting for anything."""
