@@ -25,8 +25,8 @@ import redis
 
 from resolver import AliasCache, LinkRules, Resolver, walk
 from worker import Metrics, Settings, Worker
-from worker.batch import Planner
-from worker.schema import Entry, Parser
+from worker.parser import Entry, Parser
+from worker.planner import Planner
 
 from .datagen import generate
 from .redis_server import CPU_WORKER
@@ -285,7 +285,7 @@ def _worker_cold_batch(client: redis.Redis, per_tenant: dict[str, Any],
         "block_ms": 10})
     worker = Worker(settings, counted, Metrics(), _QuietLog())
     worker.startup()
-    raw = worker.streams.read(1000, None)
+    raw = worker.stream.read(1000, None)
     before = _commands(client)
     _CountingConnection.sends = 0
     started = time.perf_counter()

@@ -35,19 +35,19 @@ from tests.fault_tools import (
 from tests.helpers import DEAD, INPUT, OUTPUT, add, event, identify, make_worker, resolved_by_source
 from tests.redis_proc import RedisServer
 from worker import Worker
-from worker import consumer as consumer_module
+from worker.worker import MAX_STALE_RETRIES
 
 pytestmark = pytest.mark.redis_server
 
 OUTCOMES = ("applied", "noop", "conflict", "cycle", "placeholder")
-STALE_RETRIES: int = getattr(consumer_module, "MAX_STALE_RETRIES", 8)
+STALE_RETRIES = MAX_STALE_RETRIES
 
 
 def _handle(worker: Worker, ids: list[str], mode: str) -> None:
     """Let this replica alone handle the entries just added: read them and call process(), or
     run its real loop (pipelined batches of 4) until drained."""
     if mode == "process":
-        entries = worker.streams.read(len(ids), None)
+        entries = worker.stream.read(len(ids), None)
         assert [e[0].decode() for e in entries] == ids
         worker.process(entries)
     else:
@@ -257,11 +257,11 @@ def test_identify_delivered_twice_is_counted_once(real_redis: redis.Redis) -> No
     fast = make_worker(c, consumer="fast")
     for w in (slow, fast):
         w.startup()
-    held_by_slow = slow.streams.read(10, None)
-    _, held_by_fast, _ = fast.streams.autoclaim(0, b"0-0", 10)
+    held_by_slow = slow.stream.read(10, None)
+    _, held_by_fast, _ = fast.stream.autoclaim(0, b"0-0", 10)
     assert [e[0].decode() for e in held_by_fast] == [link_id, event_id]
 
-    fast.process(held_by_fast, counts=fast.streams.delivery_counts(held_by_fast))
+    fast.process(held_by_fast, counts=fast.stream.delivery_counts(held_by_fast))
     slow.process(held_by_slow)
 
     assert output_sources(c) == {event_id: 1}

@@ -70,10 +70,10 @@ def test_poison_entry_claimed_twice_is_dead_lettered_once(real_redis: redis.Redi
     for w in (first, second):
         w.startup()
 
-    _, held_by_first, _ = first.streams.autoclaim(0, b"0-0", 10)
-    counts_first = first.streams.delivery_counts(held_by_first)
-    _, held_by_second, _ = second.streams.autoclaim(0, b"0-0", 10)  # a racing reclaim
-    counts_second = second.streams.delivery_counts(held_by_second)
+    _, held_by_first, _ = first.stream.autoclaim(0, b"0-0", 10)
+    counts_first = first.stream.delivery_counts(held_by_first)
+    _, held_by_second, _ = second.stream.autoclaim(0, b"0-0", 10)  # a racing reclaim
+    counts_second = second.stream.delivery_counts(held_by_second)
     assert counts_first[poison.encode()] > limit and counts_second[poison.encode()] > limit
     first.process(held_by_first, counts=counts_first)
     second.process(held_by_second, counts=counts_second)
@@ -124,7 +124,7 @@ def test_entries_deleted_while_in_hand_are_acked_and_accounted(real_redis: redis
     ids = [add(c, "acme", event(f"u{i}")) for i in range(10)]
     worker = make_worker(c, consumer="worker-1")
     worker.startup()
-    in_hand = worker.streams.read(10, None)
+    in_hand = worker.stream.read(10, None)
     assert [e[0].decode() for e in in_hand] == ids
     c.xdel(INPUT, ids[2], ids[6])
     c.xtrim(INPUT, minid=ids[1], approximate=False)  # trims ids[0]

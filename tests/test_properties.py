@@ -108,7 +108,7 @@ def run_workers(
         worker.startup()
     for size, who in _cycle(schedule):
         worker = workers[who % replicas]
-        entries = worker.streams.read(size, None)
+        entries = worker.stream.read(size, None)
         if not entries:
             break
         worker.process(entries)

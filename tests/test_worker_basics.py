@@ -18,10 +18,10 @@ from tests.helpers import (
     resolved_by_source,
 )
 from worker import Worker
-from worker.batch import Plan
-from worker.commit import Committed, Committer, Stale
+from worker.committer import Committed, Committer, Stale
 from worker.errors import StaleCommitError
-from worker.wire import Channel, pack
+from worker.planner import Plan
+from worker.wire import PipelinedConnection, pack
 
 pytestmark = pytest.mark.redis_server
 
@@ -184,9 +184,9 @@ def test_stop_requested_while_the_pipeline_loses_its_connection(
     worker = make_worker(real_redis, batch_size=2, consumer="stopper")
     worker.startup()
     replies = 0
-    real_reply = Channel.reply
+    real_reply = PipelinedConnection.reply
 
-    def dropping_reply(channel: Channel) -> Any:
+    def dropping_reply(channel: PipelinedConnection) -> Any:
         nonlocal replies
         replies += 1
         if replies == 4:  # the read sent with the first commit, after the second was sent
@@ -195,7 +195,7 @@ def test_stop_requested_while_the_pipeline_loses_its_connection(
             raise redis.ConnectionError("Connection reset by peer")
         return real_reply(channel)
 
-    monkeypatch.setattr(Channel, "reply", dropping_reply)
+    monkeypatch.setattr(PipelinedConnection, "reply", dropping_reply)
     worker.loop()  # returns instead of raising
     monkeypatch.undo()
     assert replies == 4

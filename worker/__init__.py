@@ -1,9 +1,9 @@
 """lehnz-stitch: the identity-stitching stream worker."""
 
 from .config import Settings
-from .consumer import Worker
 from .errors import ConfigError, RedisUnavailableError, StaleCommitError, StitchError
 from .metrics import Metrics
+from .worker import Worker
 
 __all__ = [
     "ConfigError",

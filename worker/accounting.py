@@ -9,10 +9,10 @@ from typing import Any
 from resolver import AliasCache
 from resolver.links import LinkOutcome
 
-from .batch import Plan
-from .commit import Committed
+from .committer import Committed
 from .metrics import Metrics, observe_many
-from .schema import Entry, Kind
+from .parser import Entry, Kind
+from .planner import Plan
 
 __all__ = ["Accountant"]
 

@@ -25,11 +25,11 @@ from redis.retry import Retry
 from resolver import Resolver
 
 from .config import Settings, env_name
-from .consumer import Worker
 from .errors import ConfigError, RedisUnavailableError
 from .health import Health, HealthServer
 from .logs import configure_logging, get_logger
 from .metrics import Metrics
+from .worker import Worker
 
 __all__ = ["build_parser", "connect", "main"]
 

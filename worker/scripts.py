@@ -10,7 +10,7 @@ from redis.exceptions import NoScriptError
 
 from resolver.scripts import LINK_RULES_LUA, load_lua
 
-from .streams import command
+from .stream import command
 
 __all__ = ["COMMIT_LUA", "DELCONSUMER_LUA", "Script"]
 

@@ -1,9 +1,9 @@
 """Send commands without waiting, read their replies later: the worker's hot I/O path.
 
 hiredis packs each command in one C call; redis-py's own packing walks every argument in
-Python, and a 500-event commit carries about 6000 arguments. :class:`Channel` splits send
-from receive so the worker plans the next batch while Redis runs the previous commit;
-:class:`Wire` is the same path for one command waited for at once.
+Python, and a 500-event commit carries about 6000 arguments. :class:`PipelinedConnection`
+splits send from receive so the worker plans the next batch while Redis runs the previous
+commit; :class:`RoundTrip` is the same path for one command waited for at once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import hiredis
 import redis
 from redis.exceptions import ResponseError
 
-__all__ = ["Channel", "Wire", "pack"]
+__all__ = ["PipelinedConnection", "RoundTrip", "pack"]
 
 Command = Sequence[Any]
 
@@ -25,7 +25,7 @@ def pack(*commands: Command) -> bytes:
     return b"".join(hiredis.pack_command(tuple(c)) for c in commands)
 
 
-class Wire:
+class RoundTrip:
     """One command at a time on a pooled connection, packed by hiredis."""
 
     __slots__ = ("_client",)
@@ -35,7 +35,7 @@ class Wire:
 
     def request(self, command: Command) -> Any:
         """Send ``command`` and wait; an error reply is returned as its ResponseError."""
-        channel = Channel(self._client)
+        channel = PipelinedConnection(self._client)
         channel.send(pack(command), 1)
         return channel.reply()
 
@@ -47,7 +47,7 @@ class Wire:
         return reply
 
 
-class Channel:
+class PipelinedConnection:
     """One connection held while replies are owed: send packed commands now, read their
     replies later, one at a time.
 

@@ -11,7 +11,7 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
-__all__ = ["RawEntry", "Streams", "command", "entries_of"]
+__all__ = ["InputStream", "RawEntry", "command", "entries_of"]
 
 RawEntry = tuple[bytes, list[bytes] | None]
 """(entry id, flat field/value list), or None as payload for an entry deleted while pending."""
@@ -26,7 +26,7 @@ def command(client: redis.Redis, *args: Any) -> Any:
     return client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
-class Streams:
+class InputStream:
     """One input stream read by one consumer of one group."""
 
     __slots__ = ("client", "consumer", "group", "stream")

@@ -1,4 +1,4 @@
-"""Run a :class:`~worker.batch.Plan` through the commit script and read its verdict."""
+"""Run a :class:`~worker.planner.Plan` through the commit script and read its verdict."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from resolver.links import LinkOutcome
 
-from .batch import Plan
 from .config import Settings
+from .planner import Plan
 from .scripts import COMMIT_LUA, Script
-from .wire import Wire, pack
+from .wire import RoundTrip, pack
 
 __all__ = ["Committed", "Committer", "Stale"]
 
@@ -67,7 +67,7 @@ class Committer:
         plan.packed = pack(self.command(plan))
         return plan
 
-    def verdict(self, wire: Wire, plan: Plan, reply: Any) -> Committed | Stale:
+    def verdict(self, wire: RoundTrip, plan: Plan, reply: Any) -> Committed | Stale:
         """Interpret a reply; after a Redis restart (NOSCRIPT) load the script and run again."""
         if isinstance(reply, NoScriptError):
             wire.call("SCRIPT", "LOAD", self.script.source)
@@ -93,5 +93,5 @@ class Committer:
             )
         return Stale([int(n) - 1 for n, _ in reply[1]])
 
-    def commit(self, wire: Wire, plan: Plan) -> Committed | Stale:
+    def commit(self, wire: RoundTrip, plan: Plan) -> Committed | Stale:
         return self.verdict(wire, plan, wire.request(self.command(plan)))

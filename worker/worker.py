@@ -24,17 +24,17 @@ from resolver.links import LinkOutcome, LinkRules
 
 from .accounting import Accountant
 from .backoff import Backoff
-from .batch import Plan, Planner
-from .commit import Committed, Committer, Stale
+from .committer import Committed, Committer, Stale
 from .config import Settings
 from .errors import StaleCommitError
 from .health import Health
 from .metrics import GroupStats, Metrics
 from .outage import Reconnector
-from .schema import Entry, Parser
+from .parser import Entry, Parser
+from .planner import Plan, Planner
 from .scripts import DELCONSUMER_LUA, Script
-from .streams import RawEntry, Streams, entries_of
-from .wire import Channel, Wire, pack
+from .stream import InputStream, RawEntry, entries_of
+from .wire import PipelinedConnection, RoundTrip, pack
 
 __all__ = ["Worker"]
 
@@ -75,9 +75,9 @@ class Worker:
         self.metrics = metrics
         self.log = log
         self.health = health if health is not None else Health(stall_after_s=60.0)
-        self.streams = Streams(client, settings.input_stream, settings.group, settings.consumer)
-        self.wire = Wire(client)
-        self.channel = Channel(client)
+        self.stream = InputStream(client, settings.input_stream, settings.group, settings.consumer)
+        self.wire = RoundTrip(client)
+        self.channel = PipelinedConnection(client)
         self.parser = Parser(settings.max_event_bytes)
         rules = LinkRules(settings.placeholders)
         self.resolver = Resolver(
@@ -99,8 +99,8 @@ class Worker:
         self._queued: _Ready | None = None
         """The next batch, planned on the assumption that ``_sent`` commits."""
         count = settings.batch_size
-        self._read_now = pack(self.streams.read_command(count, None))
-        self._read_blocking = pack(self.streams.read_command(count, settings.block_ms))
+        self._read_now = pack(self.stream.read_command(count, None))
+        self._read_blocking = pack(self.stream.read_command(count, settings.block_ms))
         self._next_maintenance = 0.0
         self._next_progress = time.monotonic() + PROGRESS_EVERY_S
         metrics.watch_group(self.group_stats)
@@ -183,14 +183,14 @@ class Worker:
         """Nothing on the channel: wait for entries, send their commit and fill the pipeline."""
         queued = self._queued
         if queued is None:
-            raw = self.streams.read(self.settings.batch_size, self.settings.block_ms)
+            raw = self.stream.read(self.settings.batch_size, self.settings.block_ms)
             if not raw:
                 return 0
             queued = self._prepare(raw)
         # a full batch means more is waiting: fetch the next one now so that it is planned
         # while this commit runs; a short one means we are caught up: send, and wait there
         full = len(queued.entries) >= self.settings.batch_size
-        extra = self.streams.read(self.settings.batch_size, None) if full else []
+        extra = self.stream.read(self.settings.batch_size, None) if full else []
         read = self._read_now if extra else self._read_blocking
         self.channel.send(queued.plan.packed + read, 2)
         self._sent = queued
@@ -256,7 +256,7 @@ class Worker:
 
     def _drained(self) -> bool:
         self._settle()
-        return self.reclaim() == 0 and self.streams.own_pending() == 0
+        return self.reclaim() == 0 and self.stream.own_pending() == 0
 
     # recovery ----------------------------------------------------------------------------
 
@@ -264,10 +264,10 @@ class Worker:
         """Re-read and finish what this consumer name had pending before a restart."""
         handled, start = 0, "0"
         while not self.stopping:
-            entries = self.streams.read(self.settings.batch_size, None, start)
+            entries = self.stream.read(self.settings.batch_size, None, start)
             if not entries:
                 break
-            self.process(entries, counts=self.streams.delivery_counts(entries))
+            self.process(entries, counts=self.stream.delivery_counts(entries))
             self.metrics.redeliveries.inc(len(entries))
             handled += len(entries)
             start = entries[-1][0].decode()
@@ -279,12 +279,12 @@ class Worker:
         """XAUTOCLAIM entries idle past the threshold from any consumer, to the cursor's end."""
         cursor, claimed = b"0-0", 0
         while not self.stopping:
-            cursor, entries, deleted = self.streams.autoclaim(
+            cursor, entries, deleted = self.stream.autoclaim(
                 self.settings.claim_idle_ms, cursor, self.settings.batch_size
             )
             self.accounts.count("deleted_pending", deleted, self.metrics.deleted_pending)
             if entries:
-                self.process(entries, counts=self.streams.delivery_counts(entries))
+                self.process(entries, counts=self.stream.delivery_counts(entries))
                 self.accounts.count("reclaimed", len(entries), self.metrics.reclaimed)
                 self.metrics.redeliveries.inc(len(entries))
                 claimed += len(entries)
@@ -295,7 +295,7 @@ class Worker:
         return claimed
 
     def remove_idle_consumers(self) -> None:
-        for info in self.streams.consumers():
+        for info in self.stream.consumers():
             name = info[b"name"].decode()
             if (
                 name == self.settings.consumer
@@ -376,7 +376,7 @@ class Worker:
         self.client.ping()
         self.health.connected = True
         self.metrics.redis_up.set(1)
-        if self.streams.ensure_group(self.settings.group_start_id):
+        if self.stream.ensure_group(self.settings.group_start_id):
             self.log.info("created consumer group", start_id=self.settings.group_start_id)
         self.health.group_ready = True
 
@@ -411,12 +411,12 @@ class Worker:
     # scrape-time gauges --------------------------------------------------------------------
 
     def group_stats(self) -> GroupStats:
-        info = self.streams.group_info()
+        info = self.stream.group_info()
         if info is None:
             return GroupStats(None, 0, [])
         lag = info.get(b"lag")
         consumers = [
             (c[b"name"].decode(), int(c[b"pending"]), int(c[b"idle"]) / 1000)
-            for c in self.streams.consumers()
+            for c in self.stream.consumers()
         ]
         return GroupStats(None if lag is None else int(lag), int(info[b"pending"]), consumers)

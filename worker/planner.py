@@ -14,7 +14,7 @@ from typing import Any
 from resolver import UNRESOLVED, AliasCache, End, Resolver, walk
 from resolver.links import LinkOutcome, LinkRules
 
-from .schema import Entry, Kind
+from .parser import Entry, Kind
 
 __all__ = ["Plan", "Planner"]
 
