@@ -3,7 +3,7 @@
 Runs in the orchestrator process (pinned to the worker CPU while it runs) against the
 bench's own Redis, under its own key prefix. Cold rows: ``Resolver.resolve_many`` (one
 pipelined HMGET per hop level), a naive HGET-per-hop loop, and the worker's own batch path
-(``Worker.process``: parse, plan, commit), whose round trips are counted at the socket
+(``Recovery.process``: parse, plan, commit), whose round trips are counted at the socket
 (writes to Redis) and whose alias reads are counted by Redis (HGET/HMGET calls, including
 those inside scripts).
 """
@@ -27,6 +27,7 @@ from resolver import AliasCache, LinkRules, Resolver, walk
 from worker import Metrics, Settings, Worker
 from worker.parser import Entry, Parser
 from worker.planner import Planner
+from worker.scripts import CommitCommand
 
 from .datagen import generate
 from .redis_server import CPU_WORKER
@@ -138,8 +139,8 @@ def warm_costs(client: redis.Redis, rng: random.Random) -> list[WarmResult]:
 
     raw = _raw_entries(500, seed=4242)
     parser = Parser(64 * 1024)
-    planner = Planner(Resolver(client, key_prefix=PREFIX, cache_size=1_000_000),
-                      LinkRules(), forward_identify=False)
+    planner = Planner(AliasCache(1_000_000), LinkRules(), CommitCommand(Settings()),
+                      key_prefix=PREFIX, max_depth=32, forward_identify=False)
 
     def parse_batch() -> int:
         for eid, fields in raw:
@@ -159,7 +160,7 @@ def warm_costs(client: redis.Redis, rng: random.Random) -> list[WarmResult]:
     results.append(WarmResult("worker Parser.parse", _per_item_us(parse_batch),
                               "msgspec decode of 4 fields of a ~300 B event"))
     results.append(WarmResult("worker Planner.plan (warm)", _per_item_us(plan_batch),
-                              "500-entry batch, no I/O: walk + verify list + emit args"))
+                              "500-entry batch, no I/O: walk + verify list + emit args + pack"))
     return results
 
 
@@ -224,7 +225,7 @@ def cold_batch(client: redis.Redis, rng: random.Random, repeats: int = 5) -> lis
                               commands, commands, statistics.median(walls),
                               "one round trip per hop + 1 per id"))
 
-    # the worker itself: one cold batch of 500 events over 4 tenants through Worker.process
+    # the worker itself: one cold batch of 500 events over 4 tenants through Recovery.process
     tenants = ("t1", "t2", "t3", "t4")
     per_tenant = {t: _write_chains(client, rng, t, 125) for t in tenants}
     expected = {(t, start): root for t, (_, roots_t, _) in per_tenant.items()
@@ -237,7 +238,7 @@ def cold_batch(client: redis.Redis, rng: random.Random, repeats: int = 5) -> lis
             walls.append(wall)
     except Exception as exc:  # the worker is edited concurrently: report, don't abort C
         note = f"FAILED: {type(exc).__name__}: {exc}"[:200]
-    results.append(ColdResult("worker Worker.process, cold cache", len(expected), len(tenants),
+    results.append(ColdResult("worker Recovery.process, cold cache", len(expected), len(tenants),
                               depth_text, trips, commands,
                               statistics.median(walls) if walls else float("nan"), note))
     return results
@@ -289,7 +290,7 @@ def _worker_cold_batch(client: redis.Redis, per_tenant: dict[str, Any],
     before = _commands(client)
     _CountingConnection.sends = 0
     started = time.perf_counter()
-    worker.process(raw)
+    worker.recovery.process(raw)
     wall = (time.perf_counter() - started) * 1000
     trips = _CountingConnection.sends
     commands = _commands(client) - before

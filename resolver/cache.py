@@ -18,7 +18,7 @@ TenantMap = dict[str, str]
 
 
 class AliasCache:
-    __slots__ = ("_half", "_old", "_young", "_young_size", "hits", "max_entries", "misses")
+    __slots__ = ("_half", "_old", "_young", "_young_size", "max_entries")
 
     def __init__(self, max_entries: int) -> None:
         if max_entries < 2:
@@ -28,8 +28,6 @@ class AliasCache:
         self._young: dict[str, TenantMap] = {}
         self._old: dict[str, TenantMap] = {}
         self._young_size = 0
-        self.hits = 0
-        self.misses = 0
 
     def get(self, tenant: str, uid: str) -> str | None:
         young = self._young.get(tenant)

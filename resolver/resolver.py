@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from .cache import AliasCache
+from .ids import decode_id, encode_id
 from .links import LinkOutcome, LinkRules
 from .scripts import LINK_LUA
 from .walk import End, walk
@@ -30,10 +31,6 @@ DEFAULT_MAX_DEPTH = 32
 """Real chains are 1-4 links (anonymous -> real -> merged); 32 only bounds corrupt data."""
 
 Wanted = dict[str, set[str]]
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else bytes(value).decode("utf-8", "surrogateescape")
 
 
 class Resolver:
@@ -55,7 +52,6 @@ class Resolver:
         self.max_depth = max_depth
         self.rules = rules if rules is not None else LinkRules()
         self.round_trips = 0
-        self.cycles = 0
         self._link_script = client.register_script(LINK_LUA)
 
     def key(self, tenant: str) -> str:
@@ -73,7 +69,7 @@ class Resolver:
             order = [(tenant, list(ids)) for tenant, ids in wanted.items()]
             pipe = self.client.pipeline(transaction=False)
             for tenant, ids in order:
-                pipe.hmget(self.key(tenant), ids)
+                pipe.hmget(self.key(tenant), [encode_id(uid) for uid in ids])
             replies = pipe.execute()
             rounds += 1
             wanted = {}
@@ -95,7 +91,7 @@ class Resolver:
             if value is None:
                 cache.put(tenant, uid, uid)
                 continue
-            target = _text(value)
+            target = decode_id(value)
             cache.put(tenant, uid, target)
             follow = target not in seen if seen is not None else cache.get(tenant, target) is None
             if follow:
@@ -115,9 +111,7 @@ class Resolver:
 
     def _resolve_local(self, tenant: str, uid: str) -> str:
         end, how, hops, _ = self._walk(tenant, uid)
-        if how is End.CYCLE:
-            self.cycles += 1
-        elif hops > 1:
+        if how is not End.CYCLE and hops > 1:
             self.cache.put(tenant, uid, end)
         return end
 
@@ -127,10 +121,10 @@ class Resolver:
         seen = {uid}
         key = self.key(tenant)
         while len(path) <= self.max_depth:
-            value = self.client.hget(key, path[-1])
+            value = self.client.hget(key, encode_id(path[-1]))
             if value is None:
                 break
-            target = _text(value)
+            target = decode_id(value)
             path.append(target)
             if target in seen:
                 break
@@ -146,7 +140,7 @@ class Resolver:
         reply = self._link_script(
             keys=[self.key(tenant)], args=[self.max_depth, previous_user_id, user_id]
         )
-        outcome = LinkOutcome(_text(reply[0]))
+        outcome = LinkOutcome(decode_id(reply[0]))
         if outcome is LinkOutcome.APPLIED:
             self.cache.put(tenant, previous_user_id, user_id)
         return outcome

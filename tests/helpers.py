@@ -71,3 +71,8 @@ def output(client: redis.Redis, stream: str = OUTPUT) -> list[dict[str, str]]:
 
 def resolved_by_source(client: redis.Redis) -> dict[str, str]:
     return {e["source_id"]: e["resolved_user_id"] for e in output(client)}
+
+
+def metric(worker: Worker, name: str, **labels: str) -> float | None:
+    """A sample of the worker's registry, as Prometheus would scrape it."""
+    return worker.metrics.registry.get_sample_value(name, labels)

@@ -54,8 +54,8 @@ def test_flags_override_the_environment() -> None:
     assert settings.batch_size == 20
     with pytest.raises(ConfigError, match="STITCH_BLOCK_MS"):
         Settings.from_env({"STITCH_BLOCK_MS": "-1"})
-    with pytest.raises(ConfigError, match="STITCH_SHUTDOWN_TIMEOUT"):
-        Settings.from_env({"STITCH_BLOCK_MS": "30000", "STITCH_SHUTDOWN_TIMEOUT": "10"})
+    with pytest.raises(ConfigError, match="STITCH_SHUTDOWN_TIMEOUT_S"):
+        Settings.from_env({"STITCH_BLOCK_MS": "30000", "STITCH_SHUTDOWN_TIMEOUT_S": "10"})
 
 
 def test_bad_flag_exits_2() -> None:

@@ -274,11 +274,12 @@ def test_deployment_hardening_and_resources() -> None:
 
 
 def test_grace_period_exceeds_shutdown_timeout() -> None:
-    """terminationGracePeriodSeconds is longer than STITCH_SHUTDOWN_TIMEOUT."""
+    """terminationGracePeriodSeconds is longer than STITCH_SHUTDOWN_TIMEOUT_S."""
     pod = the("Deployment")["spec"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in worker_container()["env"]}
     timeout = (
-        env.get("STITCH_SHUTDOWN_TIMEOUT") or the("ConfigMap")["data"]["STITCH_SHUTDOWN_TIMEOUT"]
+        env.get("STITCH_SHUTDOWN_TIMEOUT_S")
+        or the("ConfigMap")["data"]["STITCH_SHUTDOWN_TIMEOUT_S"]
     )
     assert pod["terminationGracePeriodSeconds"] > float(timeout)
 
@@ -392,7 +393,7 @@ def test_compose_services() -> None:
         assert worker["build"]["dockerfile"] == "deploy/Dockerfile"
         assert (COMPOSE.parent / worker["build"]["context"] / "pyproject.toml").is_file()
         grace = int(worker["stop_grace_period"].removesuffix("s"))
-        assert grace > float(env["STITCH_SHUTDOWN_TIMEOUT"])
+        assert grace > float(env["STITCH_SHUTDOWN_TIMEOUT_S"])
 
 
 def test_compose_prometheus_scrapes_both_workers() -> None:

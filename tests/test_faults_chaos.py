@@ -45,7 +45,7 @@ PAUSE_S = 1.6
 MAX_CHAIN = 8
 WORKER_SETTINGS: dict[str, object] = {
     "batch_size": 50, "block_ms": 200, "claim_idle_ms": 1000, "claim_interval_ms": 300,
-    "consumer_idle_ms": 4000, "max_deliveries": 1000, "shutdown_timeout": 10,
+    "consumer_idle_ms": 4000, "max_deliveries": 1000, "shutdown_timeout_s": 10,
 }
 
 

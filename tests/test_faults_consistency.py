@@ -35,7 +35,7 @@ from tests.fault_tools import (
 from tests.helpers import DEAD, INPUT, OUTPUT, add, event, identify, make_worker, resolved_by_source
 from tests.redis_proc import RedisServer
 from worker import Worker
-from worker.worker import MAX_STALE_RETRIES
+from worker.committer import MAX_STALE_RETRIES, Committer
 
 pytestmark = pytest.mark.redis_server
 
@@ -49,7 +49,7 @@ def _handle(worker: Worker, ids: list[str], mode: str) -> None:
     if mode == "process":
         entries = worker.stream.read(len(ids), None)
         assert [e[0].decode() for e in entries] == ids
-        worker.process(entries)
+        worker.recovery.process(entries)
     else:
         worker.loop(drain=True)
 
@@ -69,7 +69,7 @@ def test_warm_caches_of_every_replica_follow_new_links(
 
     for w in replicas:  # warm: every replica resolves every anon id to itself
         _handle(w, [add(c, "acme", event(a)) for a in anon], mode)
-        assert all(w.resolver.cache.get("acme", a) == a for a in anon)
+        assert all(w.cache.get("acme", a) == a for a in anon)
     assert set(resolved_by_source(c).values()) == set(anon)
     assert output_sources(c).total() == 3 * len(anon)
 
@@ -261,8 +261,8 @@ def test_identify_delivered_twice_is_counted_once(real_redis: redis.Redis) -> No
     _, held_by_fast, _ = fast.stream.autoclaim(0, b"0-0", 10)
     assert [e[0].decode() for e in held_by_fast] == [link_id, event_id]
 
-    fast.process(held_by_fast, counts=fast.stream.delivery_counts(held_by_fast))
-    slow.process(held_by_slow)
+    fast.recovery.process(held_by_fast, counts=fast.stream.delivery_counts(held_by_fast))
+    slow.recovery.process(held_by_slow)
 
     assert output_sources(c) == {event_id: 1}
     assert alias_map(c, "acme") == {"anon-a": "real-x"}
@@ -273,7 +273,7 @@ def test_identify_delivered_twice_is_counted_once(real_redis: redis.Redis) -> No
 
 
 def test_reclaimed_batch_that_stays_stale_is_left_pending_not_fatal(
-    redis_server: RedisServer, real_redis: redis.Redis
+    redis_server: RedisServer, real_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A reclaimed batch whose commit keeps finding its cached root relinked by another replica
     (a hot contested id) never takes the worker down: it is retried, or left pending for a
@@ -284,26 +284,22 @@ def test_reclaimed_batch_that_stays_stale_is_left_pending_not_fatal(
     worker.startup()
     add(c, "acme", event("u0"))
     worker.loop(drain=True)  # the cache now holds u0 as a root
-    assert worker.resolver.cache.get("acme", "u0") == "u0"
+    assert worker.cache.get("acme", "u0") == "u0"
     source = add(c, "acme", event("u0"))
     c.xreadgroup(GROUP, "crashed", {INPUT: ">"}, count=1)
     time.sleep(0.1)
     other_replica = Resolver(redis_server.client())
-    committer = worker.committer
     relinked: list[str] = []
+    commit = Committer.commit
 
-    class RacingCommitter:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(committer, name)
+    def racing_commit(committer: Committer, plan: Any) -> Any:
+        if len(relinked) < STALE_RETRIES:  # another replica links the tip first
+            tip, new_tip = f"u{len(relinked)}", f"u{len(relinked) + 1}"
+            assert other_replica.link("acme", tip, new_tip) is LinkOutcome.APPLIED
+            relinked.append(tip)
+        return commit(committer, plan)
 
-        def commit(self, client: Any, plan: Any) -> Any:
-            if len(relinked) < STALE_RETRIES:  # another replica links the tip first
-                tip, new_tip = f"u{len(relinked)}", f"u{len(relinked) + 1}"
-                assert other_replica.link("acme", tip, new_tip) is LinkOutcome.APPLIED
-                relinked.append(tip)
-            return committer.commit(client, plan)
-
-    worker.committer = RacingCommitter()  # type: ignore[assignment]
+    monkeypatch.setattr(Committer, "commit", racing_commit)
     worker.loop(drain=True)
 
     assert 1 <= len(relinked) <= STALE_RETRIES

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from tests.fault_tools import GROUP, add_many, consumers, output_sources
-from tests.helpers import DEAD, INPUT, OUTPUT, add, drain, event, make_worker, output
+from tests.helpers import DEAD, INPUT, OUTPUT, add, drain, event, make_worker, metric, output
 
 pytestmark = pytest.mark.redis_server
 
@@ -75,8 +75,8 @@ def test_poison_entry_claimed_twice_is_dead_lettered_once(real_redis: redis.Redi
     _, held_by_second, _ = second.stream.autoclaim(0, b"0-0", 10)  # a racing reclaim
     counts_second = second.stream.delivery_counts(held_by_second)
     assert counts_first[poison.encode()] > limit and counts_second[poison.encode()] > limit
-    first.process(held_by_first, counts=counts_first)
-    second.process(held_by_second, counts=counts_second)
+    first.recovery.process(held_by_first, counts=counts_first)
+    second.recovery.process(held_by_second, counts=counts_second)
 
     assert [d["source_id"] for d in output(c, DEAD)] == [poison]
     assert output(c) == []
@@ -112,7 +112,7 @@ def test_entries_deleted_while_pending_are_acked_and_counted(
     assert c.xpending(INPUT, GROUP)["pending"] == 0
     assert all(n == 0 for n in consumers(c).values())
     assert worker.totals["deleted_pending"] == len(deleted)
-    assert worker.metrics.deleted_pending._value.get() == len(deleted)
+    assert metric(worker, "stitch_deleted_pending_total") == len(deleted)
     assert output_sources(c) == {i: 1 for i in ids if i not in deleted}
     assert c.xlen(DEAD) == 0
 
@@ -129,7 +129,7 @@ def test_entries_deleted_while_in_hand_are_acked_and_accounted(real_redis: redis
     c.xdel(INPUT, ids[2], ids[6])
     c.xtrim(INPUT, minid=ids[1], approximate=False)  # trims ids[0]
 
-    worker.process(in_hand)
+    worker.recovery.process(in_hand)
 
     assert c.xpending(INPUT, GROUP)["pending"] == 0
     survivors = [i for n, i in enumerate(ids) if n not in (0, 2, 6)]
@@ -157,7 +157,7 @@ def test_idle_consumers_without_pending_are_removed(real_redis: redis.Redis) -> 
 
     assert consumers(c) == {"busy": 3, "recent": 0, "janitor": 0}
     assert c.xpending(INPUT, GROUP)["pending"] == 3  # DELCONSUMER would have dropped these
-    assert worker.metrics.consumers_removed._value.get() == 2
+    assert metric(worker, "stitch_consumers_removed_total") == 2
 
 
 def test_output_and_dead_letter_streams_stay_bounded(real_redis: redis.Redis) -> None:

@@ -47,7 +47,7 @@ def test_worker_survives_redis_sigkill_and_restart(aof_server: RedisServer, tmp_
     in_flight = 0
     with running_worker(aof_server.url, log_path=log, consumer="survivor", batch_size=20,
                         block_ms=200, reconnect_give_up_s=120, claim_idle_ms=2000,
-                        claim_interval_ms=500, shutdown_timeout=10) as proc:
+                        claim_interval_ms=500, shutdown_timeout_s=10) as proc:
         add_many(client, [("acme", identify("real-1", "anon-1"))])
         wait_for(lambda: alias_map(client, "acme"), 30, "the link to be stored")
         for _ in range(KILLS):

@@ -31,13 +31,13 @@ def test_sigterm_under_load_finishes_the_batch_and_exits_zero(
     redis_server: RedisServer, real_redis: redis.Redis, tmp_path: Path
 ) -> None:
     """SIGTERM while batches are in flight: the worker commits the batch in hand, leaves nothing
-    pending, exits 0 well within STITCH_SHUTDOWN_TIMEOUT, and a second worker then drains the
+    pending, exits 0 well within STITCH_SHUTDOWN_TIMEOUT_S, and a second worker then drains the
     rest so that every event is emitted exactly once."""
     c = real_redis
     ids = add_many(c, [("acme", event(f"u{i % 500}")) for i in range(BACKLOG)])
     log = tmp_path / "first.log"
     with running_worker(redis_server.url, log_path=log, consumer="first", batch_size=500,
-                        shutdown_timeout=SHUTDOWN_TIMEOUT) as proc:
+                        shutdown_timeout_s=SHUTDOWN_TIMEOUT) as proc:
         wait_for(lambda: c.exists(OUTPUT) and c.xlen(OUTPUT) > 0, 30, "the first batches",
                  interval=0.002)
         started = time.monotonic()
@@ -69,7 +69,7 @@ def test_sigterm_during_redis_outage_exits_zero_promptly(tmp_path: Path) -> None
     try:
         client = server.client()
         with running_worker(server.url, log_path=log, consumer="w", block_ms=200,
-                            reconnect_give_up_s=120, shutdown_timeout=SHUTDOWN_TIMEOUT) as proc:
+                            reconnect_give_up_s=120, shutdown_timeout_s=SHUTDOWN_TIMEOUT) as proc:
             add_many(client, [("acme", event("u1"))])
             wait_for(lambda: client.exists(OUTPUT) and client.xlen(OUTPUT) == 1, 30,
                      "the worker to run")

@@ -7,7 +7,7 @@ import json
 import pytest
 import redis
 
-from tests.helpers import DEAD, INPUT, add, drain, event, identify, output
+from tests.helpers import DEAD, INPUT, add, drain, event, identify, metric, output
 
 pytestmark = pytest.mark.redis_server
 
@@ -100,7 +100,7 @@ def test_dead_letter_counts_by_reason(real_redis: redis.Redis) -> None:
     worker = drain(real_redis)
     assert worker.totals["dead:event_not_json"] == 2
     assert worker.totals["dead:event_not_object"] == 1
-    assert worker.metrics.dead_letters.labels("event_not_json")._value.get() == 2
+    assert metric(worker, "stitch_dead_letters_total", reason="event_not_json") == 2
 
 
 def test_fields_in_any_order_are_understood(real_redis: redis.Redis) -> None:

@@ -108,7 +108,7 @@ def test_null_lag_is_left_out_not_reported_as_zero(real_redis: redis.Redis) -> N
     worker.startup()
     real_redis.xdel(INPUT, ids[-1])
     text = generate_latest(worker.metrics.registry).decode()
-    assert worker.group_stats().lag is None
+    assert worker.stream.group_stats().lag is None
     assert sample(text, "stitch_group_lag") is None
     assert sample(text, "stitch_group_pending") == 0
 

@@ -111,7 +111,7 @@ def run_workers(
         entries = worker.stream.read(size, None)
         if not entries:
             break
-        worker.process(entries)
+        worker.recovery.process(entries)
     return workers
 
 
@@ -133,7 +133,7 @@ def run_pipelined_workers(
     for worker in workers:
         worker.startup()
         _record_commits(worker)
-    while sum(workers[who % replicas]._turn() for _, who in schedule):
+    while sum(workers[who % replicas].pipeline.turn() for _, who in schedule):
         pass
     for worker in workers:
         worker.loop(drain=True)
@@ -145,14 +145,20 @@ COMMITTED: dict[str, list[tuple[int, int]]] = {}
 """Per consumer, the ids of the entries it committed, in the order it committed them."""
 
 
+class RecordingSink:
+    """Stands in front of a worker's accountant and notes what its consumer committed."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.accounts = worker.accounts
+        self.order = COMMITTED.setdefault(worker.settings.consumer, [])
+
+    def committed(self, entries: list[Any], plan: Any, result: Any, elapsed_s: float) -> None:
+        self.order.extend(_id_key(e.id.decode()) for e in entries)
+        self.accounts.committed(entries, plan, result, elapsed_s)
+
+
 def _record_commits(worker: Worker) -> None:
-    finish, committed = worker._finish, COMMITTED.setdefault(worker.settings.consumer, [])
-
-    def recording(entries: list[Any], plan: Any, result: Any) -> None:
-        committed.extend(_id_key(e.id.decode()) for e in entries)
-        finish(entries, plan, result)
-
-    worker._finish = recording  # type: ignore[method-assign]
+    worker.committer.sink = RecordingSink(worker)
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -14,16 +15,16 @@ from tests.helpers import (
     event,
     identify,
     make_worker,
+    metric,
     output,
     resolved_by_source,
 )
-from worker import Worker
-from worker.committer import Committed, Committer, Stale
-from worker.errors import StaleCommitError
-from worker.planner import Plan
+from worker.committer import MAX_STALE_RETRIES, Committed, Committer, Stale
+from worker.planner import Plan, Planner
 from worker.wire import PipelinedConnection, pack
 
 pytestmark = pytest.mark.redis_server
+
 
 
 def test_event_gets_resolved_id_and_source_id_and_keeps_its_fields(real_redis: redis.Redis) -> None:
@@ -126,7 +127,7 @@ def test_existing_cycle_resolves_deterministically(real_redis: redis.Redis) -> N
     worker = drain(real_redis)
     resolved = resolved_by_source(real_redis)
     assert {resolved[i] for i in ids} == {"p"}
-    assert worker.metrics.resolver_cycles._value.get() == 3
+    assert metric(worker, "stitch_resolver_cycles_total") == 3
 
 
 @pytest.mark.parametrize("maxlen", [0, 3])
@@ -167,12 +168,12 @@ def test_batch_queued_behind_a_stale_commit_is_planned_again(real_redis: redis.R
     worker = make_worker(real_redis, batch_size=1)
     worker.startup()
     for uid in ("anon-a", "x"):
-        worker.resolver.cache.put("acme", uid, uid)  # both believed unlinked...
+        worker.cache.put("acme", uid, uid)  # both believed unlinked...
     real_redis.hset("alias:acme", "anon-a", "z")  # ...but another replica linked it
     worker.loop(drain=True)
     assert resolved_by_source(real_redis) == {event_id: "z"}
     assert worker.totals["identify:conflict"] == 1
-    assert worker.metrics.stale_commits._value.get() == 1
+    assert metric(worker, "stitch_stale_commits_total") == 1
 
 
 def test_stop_requested_while_the_pipeline_loses_its_connection(
@@ -211,32 +212,32 @@ def test_batch_left_pending_after_stale_retries_keeps_stream_order(
     behind it wait for its recovery instead of overtaking it."""
     ids = [add(real_redis, "acme", event(f"user-{i}")) for i in range(8)]
     worker = make_worker(real_redis, batch_size=2)
-    real_pack, real_verdict = Committer.pack, Committer.verdict
-    real_retries = Worker._commit_with_retries
-    faults = {"pack": 1, "verdict": 1, "retries": 1}
+    real_plan, real_verdict, real_commit = Planner.plan, Committer.verdict, Committer.commit
+    faults = {"plan": 1, "verdict": 1, "commit": MAX_STALE_RETRIES}
 
-    def first_commit_refused(self: Committer, plan: Plan) -> Plan:
-        if faults["pack"]:  # the first commit writes nothing and is answered as stale
-            faults["pack"] -= 1
-            plan.packed = pack(["PING"])
-            return plan
-        return real_pack(self, plan)
+    def first_commit_writes_nothing(self: Planner, *args: Any) -> Plan:
+        plan = real_plan(self, *args)
+        if faults["plan"]:
+            faults["plan"] -= 1
+            return dataclasses.replace(plan, packed=pack(["PING"]))
+        return plan
 
     def stale_once(self: Committer, *args: Any) -> Committed | Stale:
-        if faults["verdict"]:
+        if faults["verdict"]:  # ...and is answered as stale
             faults["verdict"] -= 1
             return Stale([])
         return real_verdict(self, *args)
 
-    def exhausted_once(self: Worker, entries: list[Any]) -> tuple[Any, Committed]:
-        if faults["retries"]:
-            faults["retries"] -= 1
-            raise StaleCommitError("stayed stale")
-        return real_retries(self, entries)
+    def stale_through_every_retry(self: Committer, plan: Plan) -> Committed | Stale:
+        if faults["commit"]:
+            faults["commit"] -= 1
+            return Stale([])
+        return real_commit(self, plan)
 
-    monkeypatch.setattr(Committer, "pack", first_commit_refused)
+    monkeypatch.setattr(Planner, "plan", first_commit_writes_nothing)
     monkeypatch.setattr(Committer, "verdict", stale_once)
-    monkeypatch.setattr(Worker, "_commit_with_retries", exhausted_once)
+    monkeypatch.setattr(Committer, "commit", stale_through_every_retry)
     worker.run(drain=True)
-    assert faults == {"pack": 0, "verdict": 0, "retries": 0}
+    assert faults == {"plan": 0, "verdict": 0, "commit": 0}
     assert [e["source_id"] for e in output(real_redis)] == ids
+    assert metric(worker, "stitch_stale_commits_total") == 1 + MAX_STALE_RETRIES

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resolver import AliasCache
 from resolver.links import LinkOutcome
 
-from .committer import Committed
+from .health import Health
 from .metrics import Metrics, observe_many
 from .parser import Entry, Kind
 from .planner import Plan
+
+if TYPE_CHECKING:
+    from .committer import Committed
 
 __all__ = ["Accountant"]
 
@@ -20,12 +23,24 @@ REFUSED = (LinkOutcome.CONFLICT, LinkOutcome.CYCLE)
 
 
 class Accountant:
-    __slots__ = ("log", "metrics", "totals")
+    """The committer's sink: metrics, the run's totals, the log and the liveness beat."""
 
-    def __init__(self, metrics: Metrics, log: Any) -> None:
+    __slots__ = ("cache", "health", "log", "metrics", "totals")
+
+    def __init__(self, metrics: Metrics, health: Health, cache: AliasCache, log: Any) -> None:
         self.metrics = metrics
+        self.health = health
+        self.cache = cache
         self.log = log
         self.totals: Counter[str] = Counter()
+
+    def committed(
+        self, entries: list[Entry], plan: Plan, result: Committed, elapsed_s: float
+    ) -> None:
+        self.batch(entries, plan, result)
+        self.resolver(plan, result)
+        self.metrics.batch_seconds.observe(elapsed_s)
+        self.health.beat()
 
     def count(self, name: str, amount: int, counter: Any) -> None:
         if amount:
@@ -69,7 +84,7 @@ class Accountant:
     def _links(self, entries: list[Entry], plan: Plan, result: Committed) -> None:
         duplicate = set(result.duplicates)  # counted by the commit that acked them first
         decided = [
-            *zip(plan.local_outcomes, plan.local_entries, strict=True),
+            *((outcome, position) for position, outcome in plan.local_outcomes),
             *zip(result.outcomes, plan.link_entries, strict=True),
         ]
         for outcome, position in decided:
@@ -81,11 +96,11 @@ class Accountant:
                 entry_id = entries[position].id.decode()
                 self.log.info("link refused", outcome=outcome.value, entry_id=entry_id)
 
-    def resolver(self, plan: Plan, result: Committed, cache: AliasCache) -> None:
+    def resolver(self, plan: Plan, result: Committed) -> None:
         m = self.metrics
         m.cache_hits.inc(plan.resolutions - plan.deferred)
         m.cache_misses.inc(plan.deferred)
         depths = [d for d in result.depths if d >= 0]
         m.resolver_cycles.inc(len(result.depths) - len(depths))
         observe_many(m.chain_depth, depths)
-        m.cache_entries.set(len(cache))
+        m.cache_entries.set(len(self.cache))

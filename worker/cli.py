@@ -7,33 +7,23 @@ The only place that turns errors into exit codes: 0 done, 2 bad configuration,
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
-import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
-from types import FrameType
-from typing import Any
+from collections.abc import Sequence
 
 import msgspec
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from resolver import Resolver
 
+from .app import EXIT_OK, run
 from .config import Settings, env_name
+from .connection import connect
 from .errors import ConfigError, RedisUnavailableError
-from .health import Health, HealthServer
 from .logs import configure_logging, get_logger
-from .metrics import Metrics
-from .worker import Worker
 
-__all__ = ["build_parser", "connect", "main"]
+__all__ = ["build_parser", "main"]
 
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_REDIS = 0, 1, 2, 3
+EXIT_CONFIG, EXIT_REDIS = 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,51 +57,6 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def connect(settings: Settings) -> redis.Redis:
-    """A RESP2 client whose socket timeout always exceeds BLOCK; retries are the worker's job."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        protocol=2,
-        socket_timeout=settings.socket_timeout_s,
-        socket_connect_timeout=5.0,
-        retry=Retry(NoBackoff(), 0),
-        client_name="lehnz-stitch",
-    )
-
-
-@contextlib.contextmanager
-def capture_signals(worker: Worker, log: Any) -> Iterator[None]:
-    """First SIGTERM/SIGINT: finish the batch in hand and stop. Second: exit at once
-    (still safe: uncommitted entries stay pending and are redelivered)."""
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        if worker.stopping:
-            os._exit(128 + signum)
-        worker.request_stop()
-        _arm_shutdown_timer(worker, log)
-
-    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def _arm_shutdown_timer(worker: Worker, log: Any) -> None:
-    def expire() -> None:
-        log.error(
-            "shutdown timed out; uncommitted entries stay pending",
-            timeout_s=worker.settings.shutdown_timeout,
-            **worker.summary(),
-        )
-        os._exit(EXIT_ERROR)
-
-    timer = threading.Timer(worker.settings.shutdown_timeout, expire)
-    timer.daemon = True
-    timer.start()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {
@@ -137,43 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"lehnz-stitch: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-
-
-def run(settings: Settings, *, drain: bool = False, metrics: Metrics | None = None) -> int:
-    log = get_logger(consumer=settings.consumer)
-    metrics = metrics if metrics is not None else Metrics()
-    health = Health(stall_after_s=max(30.0, 3 * settings.block_ms / 1000))
-    server = None
-    if settings.metrics_port:
-        try:
-            server = HealthServer(settings.metrics_addr, settings.metrics_port, metrics, health)
-        except OSError as exc:
-            raise ConfigError(
-                f"{env_name('metrics_port')}: cannot listen on "
-                f"{settings.metrics_addr}:{settings.metrics_port} ({exc})"
-            ) from None
-        server.start()
-    worker = Worker(settings, connect(settings), metrics, log, health)
-    tune_gc()
-    try:
-        with capture_signals(worker, log):
-            worker.run(drain=drain)
-    finally:
-        if server is not None:
-            server.stop()
-    return EXIT_OK
-
-
-GC_GEN0_THRESHOLD = 100_000
-"""Each batch allocates a few thousand short-lived, acyclic objects that reference counting
-frees; with the default threshold (700) the cyclic collector ran every few batches, and
-raising it cut the worker's CPU per event by ~18% in our measurements."""
-
-
-def tune_gc() -> None:
-    """A daemon-process policy, so it lives here and not in the Worker (which tests embed)."""
-    gc.freeze()  # start-up objects (modules, config, registries) are never garbage
-    gc.set_threshold(GC_GEN0_THRESHOLD, 50, 50)
 
 
 def resolve(settings: Settings, tenant: str, ids: list[str], *, chain: bool) -> int:

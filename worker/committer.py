@@ -1,19 +1,30 @@
-"""Run a :class:`~worker.planner.Plan` through the commit script and read its verdict."""
+"""Run a :class:`~worker.planner.Plan` through the commit script and read its verdict.
+
+A verdict is either :class:`Committed` or :class:`Stale` (another replica linked an id the
+plan relied on, and nothing was written). Stale batches are planned again from what the
+script reported, a bounded number of times; a batch that stays stale is left pending.
+"""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import time
+from typing import Any, NamedTuple, Protocol
 
 from redis.exceptions import NoScriptError, ResponseError
 
+from resolver.ids import utf8_id
 from resolver.links import LinkOutcome
 
-from .config import Settings
-from .planner import Plan
-from .scripts import COMMIT_LUA, Script
-from .wire import RoundTrip, pack
+from .errors import StaleCommitError
+from .parser import Entry
+from .planner import Plan, Planner
+from .scripts import COMMIT_LUA
+from .wire import RoundTrip
 
-__all__ = ["Committed", "Committer", "Stale"]
+__all__ = ["MAX_STALE_RETRIES", "Committed", "Committer", "Sink", "Stale"]
+
+MAX_STALE_RETRIES = 8
+"""Each retry re-reads what changed; only a hot, contested id could need more."""
 
 
 class Committed(NamedTuple):
@@ -26,7 +37,7 @@ class Committed(NamedTuple):
     depths: list[int]
     """Chain depth of each id the script resolved; -1 where it met a cycle."""
     learned: list[tuple[int, str, str | None]]
-    """(alias key index, id, target or None) for every link the script read."""
+    """(tenant number, id, target or None) for every link the script read."""
 
 
 class Stale(NamedTuple):
@@ -37,61 +48,86 @@ class Stale(NamedTuple):
     """0-based indexes of links whose predicted outcome was wrong."""
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+class Sink(Protocol):
+    def committed(
+        self, entries: list[Entry], plan: Plan, result: Committed, elapsed_s: float
+    ) -> None:
+        """A batch committed ``elapsed_s`` after its entries were in hand: account for it."""
+
+
+def _learned(flat: list[Any]) -> list[tuple[int, str, str | None]]:
+    """(tenant number, id, target) triples; hops through a non-UTF-8 id are not learned,
+    so the cache never sends one back: the script resolves those ids byte for byte."""
+    learned = []
+    for k in range(0, len(flat), 3):
+        uid, raw_target = utf8_id(flat[k + 1]), flat[k + 2]
+        target = None if raw_target is None else utf8_id(raw_target)
+        if uid is not None and (target is not None or raw_target is None):
+            learned.append((int(flat[k]), uid, target))
+    return learned
 
 
 class Committer:
-    __slots__ = ("_fixed", "_keys", "script")
+    __slots__ = ("_log", "_planner", "_stale_commits", "_wire", "sink")
 
-    def __init__(self, settings: Settings) -> None:
-        self.script = Script(COMMIT_LUA)
-        self._keys = [settings.input_stream, settings.output_stream, settings.dead_stream]
-        self._fixed = [
-            settings.group,
-            settings.output_maxlen,
-            settings.dead_maxlen,
-            settings.max_chain_depth,
-        ]
+    def __init__(
+        self, wire: RoundTrip, planner: Planner, sink: Sink, stale_commits: Any, log: Any
+    ) -> None:
+        self._wire = wire
+        self._planner = planner
+        self.sink = sink
+        self._stale_commits = stale_commits
+        self._log = log
 
-    def command(self, plan: Plan) -> list[Any]:
-        """The EVALSHA command for ``plan``, to send on its own or pipelined with a read."""
-        keys = [*self._keys, *plan.alias_keys]
-        return [
-            "EVALSHA", self.script.sha, len(keys), *keys, *self._fixed,
-            plan.n_verify, plan.n_entries, *plan.verify, *plan.entries,
-        ]  # fmt: skip
-
-    def pack(self, plan: Plan) -> Plan:
-        """Pack the plan's command ahead of time (see Plan.packed)."""
-        plan.packed = pack(self.command(plan))
-        return plan
-
-    def verdict(self, wire: RoundTrip, plan: Plan, reply: Any) -> Committed | Stale:
+    def verdict(self, plan: Plan, reply: Any) -> Committed | Stale:
         """Interpret a reply; after a Redis restart (NOSCRIPT) load the script and run again."""
         if isinstance(reply, NoScriptError):
-            wire.call("SCRIPT", "LOAD", self.script.source)
-            reply = wire.request(self.command(plan))
+            self._wire.call("SCRIPT", "LOAD", COMMIT_LUA)
+            reply = self._wire.request(plan.packed)
         if isinstance(reply, ResponseError):
             raise reply
-        if reply[0] == 1:
-            learned = reply[6]
-            return Committed(
-                int(reply[1]),
-                int(reply[2]),
-                [int(n) - 1 for n in reply[3]],
-                [LinkOutcome(_text(o)) for o in reply[4]],
-                [int(d) for d in reply[5][1::2]],
-                [
-                    (
-                        int(learned[k]),
-                        _text(learned[k + 1]),
-                        learned[k + 2] and _text(learned[k + 2]),
-                    )
-                    for k in range(0, len(learned), 3)
-                ],
-            )
-        return Stale([int(n) - 1 for n, _ in reply[1]])
+        if reply[0] != 1:
+            return Stale([int(n) - 1 for n, _ in reply[1]])
+        return Committed(
+            int(reply[1]),
+            int(reply[2]),
+            [int(n) - 1 for n in reply[3]],
+            [LinkOutcome(o.decode()) for o in reply[4]],
+            [int(d) for d in reply[5][1::2]],
+            _learned(reply[6]),
+        )
 
-    def commit(self, wire: RoundTrip, plan: Plan) -> Committed | Stale:
-        return self.verdict(wire, plan, wire.request(self.command(plan)))
+    def commit(self, plan: Plan) -> Committed | Stale:
+        return self.verdict(plan, self._wire.request(plan.packed))
+
+    def finish(self, entries: list[Entry], plan: Plan, result: Committed, started: float) -> None:
+        """``plan`` committed: the planner learns from it, then the sink accounts for it."""
+        self._planner.learn(plan, result)
+        self.sink.committed(entries, plan, result, time.monotonic() - started)
+
+    def forget_stale(self, plan: Plan, stale: Stale) -> None:
+        self._stale_commits.inc()
+        self._planner.forget({plan.links[n][0] for n in stale.links})
+        self._log.info("commit found stale links, retrying", links=len(stale.links))
+
+    def commit_now(self, entries: list[Entry], started: float | None = None) -> bool:
+        """Plan and commit, again while stale; False if the batch was left pending."""
+        started = time.monotonic() if started is None else started
+        try:
+            plan, result = self._commit_fresh(entries)
+        except StaleCommitError as exc:
+            self._log.error("batch left pending, retried from the pending list", error=str(exc))
+            return False
+        self.finish(entries, plan, result, started)
+        return True
+
+    def _commit_fresh(self, entries: list[Entry]) -> tuple[Plan, Committed]:
+        for _ in range(MAX_STALE_RETRIES):
+            plan = self._planner.plan(entries)
+            result = self.commit(plan)
+            if isinstance(result, Committed):
+                return plan, result
+            self.forget_stale(plan, result)
+        raise StaleCommitError(
+            f"batch {entries[0].id!r}.. stayed stale after {MAX_STALE_RETRIES} tries"
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
@@ -11,9 +12,12 @@ import msgspec
 
 from .errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "env_name"]
+__all__ = ["DEPRECATED", "ENV_PREFIX", "Settings", "StitchDeprecationWarning", "env_name"]
 
 ENV_PREFIX = "STITCH_"
+DEPRECATED = {"STITCH_SHUTDOWN_TIMEOUT": "shutdown_timeout_s"}
+"""Old variable -> the setting that replaced it; the old name still works, with a warning."""
+MIN_STALL_S = 30.0
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -47,7 +51,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     claim_interval_ms: PositiveInt = 5_000
     max_deliveries: PositiveInt = 5
     consumer_idle_ms: PositiveInt = 3_600_000
-    shutdown_timeout: Annotated[float, msgspec.Meta(gt=0)] = 25.0
+    shutdown_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 25.0
     reconnect_give_up_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65_535)] = 9108
     metrics_addr: str = "0.0.0.0"
@@ -60,16 +64,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"{env_name('redis_url')}: expected a redis://, rediss:// or unix:// URL, "
                 f"got {self.redis_url!r}"
             )
-        if self.block_ms / 1000 >= self.shutdown_timeout:
+        if self.block_ms / 1000 >= self.shutdown_timeout_s:
             raise ConfigError(
                 f"{env_name('block_ms')}: {self.block_ms} ms must be shorter than "
-                f"{env_name('shutdown_timeout')} ({self.shutdown_timeout:g} s), or a blocked "
+                f"{env_name('shutdown_timeout_s')} ({self.shutdown_timeout_s:g} s), or a blocked "
                 "read could outlast a graceful shutdown"
             )
 
     @property
     def placeholders(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.extra_placeholders.split(",") if p.strip())
+
+    @property
+    def stall_after_s(self) -> float:
+        """/healthz fails when the loop has not beaten for this long (a blocked read included)."""
+        return max(MIN_STALL_S, 3 * self.block_ms / 1000)
 
     @property
     def socket_timeout_s(self) -> float:
@@ -82,6 +91,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ) -> Settings:
         """Build from ``STITCH_*`` variables, then ``overrides`` (CLI flags) on top."""
         env = os.environ if env is None else env
+        env = _renamed(env)
         known = {env_name(name) for name in cls.__struct_fields__}
         unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known)
         if unknown:
@@ -99,6 +109,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             return msgspec.convert(raw, cls, strict=False)
         except msgspec.ValidationError as exc:
             raise ConfigError(_name_setting(str(exc))) from None
+
+
+class StitchDeprecationWarning(FutureWarning):
+    """A setting is set under a name that will stop working (shown to operators by default)."""
+
+
+def _renamed(env: Mapping[str, str]) -> Mapping[str, str]:
+    """``env`` with deprecated variables moved to their new names (a new name set wins)."""
+    old = [name for name in DEPRECATED if name in env]
+    if not old:
+        return env
+    moved = dict(env)
+    for name in old:
+        new = env_name(DEPRECATED[name])
+        warnings.warn(f"{name} is deprecated: use {new}", StitchDeprecationWarning, stacklevel=3)
+        value = moved.pop(name)
+        moved.setdefault(new, value)
+    return moved
 
 
 def env_name(field: str) -> str:

@@ -23,8 +23,9 @@ import redis
 
 from resolver import Resolver
 
-from .cli import connect, run
+from .app import run
 from .config import Settings
+from .connection import connect
 from .metrics import Metrics
 
 __all__ = ["run_demo"]
@@ -150,12 +151,14 @@ def _report(client: Any, settings: Settings) -> None:
     print("\n== dead letters (error_code: message)")
     for _, fields in dead:
         print(f"   {fields[b'error'].decode()}")
+    keys = sorted(client.scan_iter(match=settings.alias_prefix + "*"))
+    tenants = [(key, key.decode().removeprefix(settings.alias_prefix)) for key in keys]
     print("\n== alias links (previous_user_id -> user_id)")
-    resolver = Resolver(client, key_prefix=settings.alias_prefix)
-    for key in sorted(client.scan_iter(match=settings.alias_prefix + "*")):
-        tenant = key.decode().removeprefix(settings.alias_prefix)
+    for key, tenant in tenants:
         for prev, user in sorted(client.hgetall(key).items()):
             print(f"   {tenant}: {prev.decode()} -> {user.decode()}")
-        print("\n== resolved chains")
+    print("\n== resolved chains")
+    resolver = Resolver(client, key_prefix=settings.alias_prefix)
+    for key, tenant in tenants:
         for prev in sorted(client.hkeys(key)):
             print(f"   {tenant}: " + " -> ".join(resolver.chain(tenant, prev.decode())))

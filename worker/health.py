@@ -44,10 +44,6 @@ class HealthServer:
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
     def start(self) -> None:
         self._thread.start()
 

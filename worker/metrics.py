@@ -11,33 +11,18 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from resolver.links import LinkOutcome
+
+from .deadletters import DeadLetter
+
 __all__ = ["DEAD_LETTER_REASONS", "IDENTIFY_OUTCOMES", "GroupStats", "Metrics", "observe_many"]
 
-IDENTIFY_OUTCOMES = ("applied", "noop", "conflict", "cycle", "placeholder")
-DEAD_LETTER_REASONS = (
-    "missing_event",
-    "event_not_utf8",
-    "event_not_json",
-    "event_not_object",
-    "event_too_large",
-    "missing_tenant",
-    "invalid_tenant",
-    "missing_user_id",
-    "invalid_user_id",
-    "missing_event_family",
-    "invalid_event_family",
-    "missing_event_name",
-    "invalid_event_name",
-    "identify_not_system",
-    "missing_previous_user_id",
-    "invalid_previous_user_id",
-    "max_deliveries_exceeded",
-    "invalid_event",
-)
+IDENTIFY_OUTCOMES = tuple(outcome.value for outcome in LinkOutcome)
+DEAD_LETTER_REASONS = tuple(code.value for code in DeadLetter)
 LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -72,11 +57,19 @@ class _GroupCollector(Collector):
     def __init__(self, read_stats: Callable[[], GroupStats]) -> None:
         self._read_stats = read_stats
 
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        """What collect() yields, without asking Redis: registering does no I/O."""
+        return self._families(GroupStats(0, 0, []))
+
     def collect(self) -> Iterable[GaugeMetricFamily]:
         try:
             stats = self._read_stats()
         except Exception:  # a scrape must not fail because Redis is down
-            return
+            return []
+        return self._families(stats)
+
+    @staticmethod
+    def _families(stats: GroupStats) -> Iterable[GaugeMetricFamily]:
         if stats.lag is not None:
             yield GaugeMetricFamily(
                 "stitch_group_lag",
@@ -109,8 +102,6 @@ class Metrics:
     """Every metric lehnz-stitch exports."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        # *_created series would only double the scrape for every counter
-        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.entries_read = Counter("stitch_entries_read", "Stream entries read.", registry=r)

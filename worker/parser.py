@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from .deadletters import MESSAGES, DeadLetter
+
 __all__ = ["Entry", "Kind", "Parser"]
 
 TENANT_RE = re.compile(rb"[A-Za-z0-9_.-]{1,64}\Z")
@@ -58,13 +60,13 @@ class Entry:
         self.tenant = ""
         self.user_id = ""
         self.previous_user_id = ""
-        self.error_code = ""
+        self.error_code = DeadLetter.INVALID_EVENT
         self.error = ""
 
-    def reject(self, code: str, message: str) -> Entry:
+    def reject(self, code: DeadLetter, **particulars: object) -> Entry:
         self.kind = Kind.INVALID
         self.error_code = code
-        self.error = f"{code}: {message}"
+        self.error = f"{code}: {MESSAGES[code].format(**particulars)}"
         return self
 
 
@@ -94,14 +96,14 @@ class Parser:
         tenant = self._tenant(raw_tenant)
         if tenant is None:
             if raw_tenant is None:
-                return entry.reject("missing_tenant", "entry has no 'tenant' field")
-            return entry.reject("invalid_tenant", "tenant must match [A-Za-z0-9_.-]{1,64}")
+                return entry.reject(DeadLetter.MISSING_TENANT)
+            return entry.reject(DeadLetter.INVALID_TENANT)
         entry.tenant = tenant
         if raw is None:
-            return entry.reject("missing_event", "entry has no 'event' field")
+            return entry.reject(DeadLetter.MISSING_EVENT)
         if len(raw) > self.max_event_bytes:
             return entry.reject(
-                "event_too_large", f"event is {len(raw)} bytes, limit {self.max_event_bytes}"
+                DeadLetter.EVENT_TOO_LARGE, size=len(raw), limit=self.max_event_bytes
             )
         try:
             event = self._decode(raw)
@@ -115,7 +117,7 @@ class Parser:
             entry.kind = Kind.EVENT
             return entry
         if family != "system":
-            return entry.reject("identify_not_system", "identify requires event_family 'system'")
+            return entry.reject(DeadLetter.IDENTIFY_NOT_SYSTEM)
         if not event.previous_user_id:
             return _classify_slowly(entry, raw)
         entry.previous_user_id = event.previous_user_id
@@ -139,32 +141,33 @@ def _classify_slowly(entry: Entry, raw: bytes) -> Entry:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return entry.reject("event_not_utf8", f"event is not UTF-8 ({exc.reason} at {exc.start})")
+        return entry.reject(DeadLetter.EVENT_NOT_UTF8, reason=exc.reason, start=exc.start)
     try:
         event: Any = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
-        return entry.reject("event_not_json", f"event is not JSON ({exc})")
+        return entry.reject(DeadLetter.EVENT_NOT_JSON, error=exc)
     if not isinstance(event, dict):
-        return entry.reject("event_not_object", f"event is a JSON {type(event).__name__}")
+        return entry.reject(DeadLetter.EVENT_NOT_OBJECT, kind=type(event).__name__)
     for field in ("user_id", "event_family", "event_name"):
         problem = _string_problem(event, field)
         if problem:
-            return entry.reject(*problem)
+            return entry.reject(problem[0], problem=problem[1])
     if event["event_name"] == "identify":
         if event["event_family"] != "system":
-            return entry.reject("identify_not_system", "identify requires event_family 'system'")
+            return entry.reject(DeadLetter.IDENTIFY_NOT_SYSTEM)
         problem = _string_problem(event, "previous_user_id")
         if problem:
-            return entry.reject(*problem)
-    return entry.reject("invalid_event", "event failed validation for an unknown reason")
+            return entry.reject(problem[0], problem=problem[1])
+    return entry.reject(DeadLetter.INVALID_EVENT)
 
 
-def _string_problem(event: dict[str, Any], field: str) -> tuple[str, str] | None:
+def _string_problem(event: dict[str, Any], field: str) -> tuple[DeadLetter, str] | None:
+    """The code and the ``problem`` particular of a field that is not a non-empty string."""
     if field not in event or event[field] is None:
-        return f"missing_{field}", f"'{field}' is missing"
+        return DeadLetter(f"missing_{field}"), ""
     value = event[field]
     if not isinstance(value, str):
-        return f"invalid_{field}", f"'{field}' must be a string, got {type(value).__name__}"
+        return DeadLetter(f"invalid_{field}"), f"must be a string, got {type(value).__name__}"
     if not value:
-        return f"invalid_{field}", f"'{field}' is empty"
+        return DeadLetter(f"invalid_{field}"), "is empty"
     return None

@@ -9,12 +9,18 @@ refuses the whole batch if any is stale, so a cache can never emit a stale resol
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from resolver import UNRESOLVED, AliasCache, End, Resolver, walk
+from resolver import UNRESOLVED, AliasCache, End, walk
 from resolver.links import LinkOutcome, LinkRules
 
 from .parser import Entry, Kind
+from .scripts import CommitCommand
+
+if TYPE_CHECKING:
+    from .committer import Committed
 
 __all__ = ["Plan", "Planner"]
 
@@ -23,8 +29,29 @@ LINK, LINK_EMIT = b"l", b"L"
 APPLIES, REFUSED, UNKNOWN = b"1", b"0", b"?"
 
 
+@dataclass(frozen=True, slots=True)
 class Plan:
-    """Everything one commit needs, plus what to learn once it succeeds."""
+    """One batch's commit, packed and ready to send, and what to learn once it succeeds."""
+
+    packed: bytes
+    """The EVALSHA command (see scripts.CommitCommand)."""
+    tenants: tuple[str, ...]
+    """The tenant of each alias key the commit names: tenant n (1-based) is ``tenants[n - 1]``."""
+    links: tuple[tuple[str, str, str], ...]
+    """(tenant, prev, user) of every identify sent to the script, in order."""
+    link_entries: tuple[int, ...]
+    """Position in the batch of the identify each link belongs to."""
+    local_outcomes: tuple[tuple[int, LinkOutcome], ...]
+    """(position, outcome) of identifies decided here, never sent as links."""
+    own_links: Mapping[str, Mapping[str, str]]
+    """Links this batch's identifies assume apply: the next plan assumes them too."""
+    resolutions: int
+    deferred: int
+    """Ids the cache could not resolve: the commit script resolves them."""
+
+
+class _Draft:
+    """The planner's scratch while it builds one :class:`Plan`."""
 
     __slots__ = (
         "alias_keys",
@@ -32,67 +59,56 @@ class Plan:
         "entries",
         "link_entries",
         "links",
-        "local_entries",
         "local_outcomes",
-        "n_entries",
         "overlay",
         "own_links",
-        "packed",
         "resolutions",
         "roots",
         "tenants",
-        "verify",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, overlay: dict[str, dict[str, str]]) -> None:
         self.tenants: dict[str, int] = {}
         self.alias_keys: list[str] = []
         self.roots: dict[str, set[str]] = {}
         """Per tenant, the ids the batch resolved to as roots: the commit re-checks them."""
-        self.verify: list[Any] = []
         self.entries: list[Any] = []
         """Per entry (id, action, args...) as commit.lua reads them."""
-        self.n_entries = 0
         self.links: list[tuple[str, str, str]] = []
-        """(tenant, prev, user) of every identify sent to the script, in order."""
-        self.local_outcomes: list[LinkOutcome] = []
-        self.local_entries: list[int] = []
-        """Index (in plan order) of the identify each local outcome belongs to."""
         self.link_entries: list[int] = []
-        """Index (in plan order) of the identify each link belongs to."""
+        self.local_outcomes: list[tuple[int, LinkOutcome]] = []
         self.resolutions = 0
         self.deferred = 0
-        """Ids the cache could not resolve: the commit script resolves them."""
-        self.overlay: dict[str, dict[str, str]] = {}
+        self.overlay = overlay
         """Links this batch assumes apply, in stream order, before they are committed."""
         self.own_links: dict[str, dict[str, str]] = {}
-        """The part of ``overlay`` this batch's own identifies add."""
-        self.packed = b""
-        """The commit command, packed once the plan is complete (see Committer.pack)."""
 
-    def key_index(self, tenant: str, key_prefix: str) -> int:
-        index = self.tenants.get(tenant)
-        if index is None:
+    def tenant_number(self, tenant: str, key_prefix: str) -> int:
+        number = self.tenants.get(tenant)
+        if number is None:
             self.alias_keys.append(key_prefix + tenant)
-            index = self.tenants[tenant] = 3 + len(self.alias_keys)
-        return index
-
-    def seal(self, key_prefix: str) -> Plan:
-        """Flatten the roots to check into the script's (key index, count, ids...) groups."""
-        for tenant, roots in self.roots.items():
-            self.verify.extend((self.key_index(tenant, key_prefix), len(roots), *roots))
-        return self
+            number = self.tenants[tenant] = len(self.alias_keys)
+        return number
 
     def assume(self, tenant: str, prev: str, target: str) -> None:
         self.overlay.setdefault(tenant, {})[prev] = target
         self.own_links.setdefault(tenant, {})[prev] = target
 
-    @property
-    def n_verify(self) -> int:
-        return len(self.roots)
-
-    def tenant_of(self) -> dict[int, str]:
-        return {index: tenant for tenant, index in self.tenants.items()}
+    def seal(self, command: CommitCommand, key_prefix: str, n_entries: int) -> Plan:
+        verify: list[Any] = []
+        for tenant, roots in self.roots.items():
+            verify.extend((self.tenant_number(tenant, key_prefix), len(roots), *roots))
+        packed = command.pack(self.alias_keys, len(self.roots), n_entries, verify, self.entries)
+        return Plan(
+            packed,
+            tuple(self.tenants),
+            tuple(self.links),
+            tuple(self.link_entries),
+            tuple(self.local_outcomes),
+            self.own_links,
+            self.resolutions,
+            self.deferred,
+        )
 
 
 class Planner:
@@ -100,16 +116,26 @@ class Planner:
 
     What the cache cannot answer (ids never seen, links whose outcome depends on them) is
     left to the commit script, which resolves it atomically with the emit and reports what
-    it read so the cache learns it: every batch costs exactly one round trip.
+    it read so the cache learns it (:meth:`learn`): every batch costs one round trip.
     """
 
-    __slots__ = ("cache", "forward_identify", "key_prefix", "max_depth", "rules")
+    __slots__ = ("cache", "command", "forward_identify", "key_prefix", "max_depth", "rules")
 
-    def __init__(self, resolver: Resolver, rules: LinkRules, *, forward_identify: bool) -> None:
-        self.cache: AliasCache = resolver.cache
-        self.key_prefix = resolver.key_prefix
-        self.max_depth = resolver.max_depth
+    def __init__(
+        self,
+        cache: AliasCache,
+        rules: LinkRules,
+        command: CommitCommand,
+        *,
+        key_prefix: str,
+        max_depth: int,
+        forward_identify: bool,
+    ) -> None:
+        self.cache = cache
         self.rules = rules
+        self.command = command
+        self.key_prefix = key_prefix
+        self.max_depth = max_depth
         self.forward_identify = forward_identify
 
     def plan(self, entries: list[Entry], after: Plan | None = None) -> Plan:
@@ -117,87 +143,101 @@ class Planner:
 
         Only its own: whatever ``after`` assumed in turn has landed in the cache by then.
         """
-        plan = Plan()
-        if after is not None:
-            plan.overlay = {tenant: dict(links) for tenant, links in after.own_links.items()}
+        overlay = {} if after is None else {t: dict(v) for t, v in after.own_links.items()}
+        draft = _Draft(overlay)
         for position, entry in enumerate(entries):
             kind = entry.kind
             if kind is Kind.EVENT:
-                self._event(plan, entry)
+                self._event(draft, entry)
             elif kind is Kind.IDENTIFY:
-                self._identify(plan, entry, position)
+                self._identify(draft, entry, position)
             elif kind is Kind.INVALID:
                 fields = entry.fields or ()
-                plan.entries.extend(
+                draft.entries.extend(
                     (entry.id, DEAD, len(fields), *fields, entry.error, entry.error_code)
                 )
             else:
-                plan.entries.extend((entry.id, ACK, 0))
-        plan.n_entries = len(entries)
-        return plan.seal(self.key_prefix)
+                draft.entries.extend((entry.id, ACK, 0))
+        return draft.seal(self.command, self.key_prefix, len(entries))
 
-    def _event(self, plan: Plan, entry: Entry) -> None:
-        root = self._resolve(plan, entry.tenant, entry.user_id)
-        index = plan.key_index(entry.tenant, self.key_prefix)
+    def learn(self, plan: Plan, result: Committed) -> None:
+        """After ``plan`` committed: cache what its script read and the links it applied."""
+        cache, tenants = self.cache, plan.tenants
+        for number, uid, target in result.learned:
+            cache.put(tenants[number - 1], uid, target if target is not None else uid)
+        for (tenant, prev, user), outcome in zip(plan.links, result.outcomes, strict=True):
+            if outcome is LinkOutcome.APPLIED:
+                cache.put(tenant, prev, user)
+
+    def forget(self, tenants: Iterable[str] | None = None) -> None:
+        """Drop cached paths (of some tenants, or all): what Redis holds may have changed."""
+        if tenants is None:
+            self.cache.clear()
+            return
+        for tenant in tenants:
+            self.cache.forget_tenant(tenant)
+
+    def _event(self, draft: _Draft, entry: Entry) -> None:
+        root = self._resolve(draft, entry.tenant, entry.user_id)
+        index = draft.tenant_number(entry.tenant, self.key_prefix)
         fields = entry.fields or ()
         if root is None:
-            plan.entries.extend((entry.id, RESOLVE, len(fields), *fields, index, entry.user_id))
+            draft.entries.extend((entry.id, RESOLVE, len(fields), *fields, index, entry.user_id))
             return
-        plan.entries.extend((entry.id, EMIT, len(fields), *fields, root, index))
+        draft.entries.extend((entry.id, EMIT, len(fields), *fields, root, index))
 
-    def _resolve(self, plan: Plan, tenant: str, uid: str) -> str | None:
+    def _resolve(self, draft: _Draft, tenant: str, uid: str) -> str | None:
         """The root from the cache (recorded for verification), or None to defer."""
-        plan.resolutions += 1
-        overlay = plan.overlay.get(tenant)
+        draft.resolutions += 1
+        overlay = draft.overlay.get(tenant)
         if (overlay is None or uid not in overlay) and self.cache.get(tenant, uid) == uid:
             end, how, hops, used_overlay = uid, End.ROOT, 0, False  # the common case
         else:
             end, how, hops, used_overlay = walk(self.cache, tenant, uid, self.max_depth, overlay)
         if how is not End.ROOT:
-            plan.deferred += 1
+            draft.deferred += 1
             return None
-        roots = plan.roots.get(tenant)
+        roots = draft.roots.get(tenant)
         if roots is None:
-            roots = plan.roots[tenant] = set()
+            roots = draft.roots[tenant] = set()
         roots.add(end)
         if hops > 1 and not used_overlay:
             self.cache.put(tenant, uid, end)
         return end
 
-    def _identify(self, plan: Plan, entry: Entry, position: int) -> None:
+    def _identify(self, draft: _Draft, entry: Entry, position: int) -> None:
         tenant, prev, user = entry.tenant, entry.previous_user_id, entry.user_id
         is_placeholder = self.rules.is_placeholder
         placeholder = is_placeholder(prev) or is_placeholder(user)
         if placeholder or prev == user:
             outcome = LinkOutcome.PLACEHOLDER if placeholder else LinkOutcome.NOOP
-            plan.local_outcomes.append(outcome)
-            plan.local_entries.append(position)
+            draft.local_outcomes.append((position, outcome))
             if self.forward_identify:
-                index = plan.key_index(tenant, self.key_prefix)
+                index = draft.tenant_number(tenant, self.key_prefix)
                 fields = entry.fields or ()
-                plan.entries.extend((entry.id, RESOLVE, len(fields), *fields, index, user))
+                draft.entries.extend((entry.id, RESOLVE, len(fields), *fields, index, user))
             else:
-                plan.entries.extend((entry.id, ACK, 0))
+                draft.entries.extend((entry.id, ACK, 0))
             return
-        prev_end = self._resolve(plan, tenant, prev)
-        user_end = self._resolve(plan, tenant, user) if prev_end in (prev, None) else None
+        prev_end = self._resolve(draft, tenant, prev)
+        user_end = self._resolve(draft, tenant, user) if prev_end in (prev, None) else None
         if prev_end is not None and prev_end != prev:
             expect = REFUSED  # prev already links elsewhere: noop or conflict
         elif prev_end is None or user_end is None:
             expect = UNKNOWN
-            plan.assume(tenant, prev, UNRESOLVED)
+            draft.assume(tenant, prev, UNRESOLVED)
         elif user_end == prev:
             expect = REFUSED  # would close a cycle
         else:
             expect = APPLIES
-            plan.assume(tenant, prev, user)
-        index = plan.key_index(tenant, self.key_prefix)
+            draft.assume(tenant, prev, user)
+        index = draft.tenant_number(tenant, self.key_prefix)
         if self.forward_identify:
             fields = entry.fields or ()
-            plan.entries.extend(
+            draft.entries.extend(
                 (entry.id, LINK_EMIT, len(fields), *fields, index, prev, user, expect)
             )
         else:
-            plan.entries.extend((entry.id, LINK, 0, index, prev, user, expect))
-        plan.links.append((tenant, prev, user))
-        plan.link_entries.append(position)
+            draft.entries.extend((entry.id, LINK, 0, index, prev, user, expect))
+        draft.links.append((tenant, prev, user))
+        draft.link_entries.append(position)

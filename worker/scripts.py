@@ -1,35 +1,61 @@
-"""The worker's Lua scripts, loaded once and called by SHA with a NOSCRIPT fallback."""
+"""The worker's Lua scripts and the layout of the commit script's KEYS, in one place.
+
+Scripts run through redis-py's :class:`~redis.commands.core.Script` (EVALSHA, loading the
+source after a restart or SCRIPT FLUSH), except the commit, which is pipelined on a held
+connection: the committer sends it packed and handles NOSCRIPT itself.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
-
-import redis
-from redis.exceptions import NoScriptError
 
 from resolver.scripts import LINK_RULES_LUA, load_lua
 
-from .stream import command
+from .config import Settings
+from .wire import pack
 
-__all__ = ["COMMIT_LUA", "DELCONSUMER_LUA", "Script"]
+__all__ = ["COMMIT_LUA", "COMMIT_SHA", "DELCONSUMER_LUA", "FIXED_KEYS", "CommitCommand"]
 
-COMMIT_LUA = LINK_RULES_LUA + load_lua("worker", "commit.lua")
+FIXED_KEYS = 3
+"""The input, output and dead-letter streams open every commit's KEYS; the alias hashes of
+the batch's tenants follow, addressed by the tenant's ordinal (``KEYS[FIXED_KEYS + n]``)."""
+
+COMMIT_LUA = (
+    f"local FIXED_KEYS = {FIXED_KEYS}\n" + LINK_RULES_LUA + load_lua("worker", "commit.lua")
+)
+COMMIT_SHA = hashlib.sha1(COMMIT_LUA.encode()).hexdigest()
 DELCONSUMER_LUA = load_lua("worker", "delconsumer.lua")
 
 
-class Script:
-    """EVALSHA, loading the source again after a Redis restart or SCRIPT FLUSH."""
+class CommitCommand:
+    """The commit script's EVALSHA with this worker's streams and limits bound once."""
 
-    __slots__ = ("sha", "source")
+    __slots__ = ("_fixed_args", "_fixed_keys")
 
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
+    def __init__(self, settings: Settings) -> None:
+        self._fixed_keys = (settings.input_stream, settings.output_stream, settings.dead_stream)
+        if len(self._fixed_keys) != FIXED_KEYS:
+            raise AssertionError("the commit script's fixed KEYS changed without FIXED_KEYS")
+        self._fixed_args = (
+            settings.group,
+            settings.output_maxlen,
+            settings.dead_maxlen,
+            settings.max_chain_depth,
+        )
 
-    def __call__(self, client: redis.Redis, keys: list[Any], args: list[Any]) -> Any:
-        try:
-            return command(client, "EVALSHA", self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            command(client, "SCRIPT", "LOAD", self.source)
-            return command(client, "EVALSHA", self.sha, len(keys), *keys, *args)
+    def pack(
+        self,
+        alias_keys: Sequence[str],
+        n_verify: int,
+        n_entries: int,
+        verify: Sequence[Any],
+        entries: Sequence[Any],
+    ) -> bytes:
+        """RESP for one commit; see commit.lua's header for the argument layout."""
+        n_keys = FIXED_KEYS + len(alias_keys)
+        return pack(
+            ("EVALSHA", COMMIT_SHA, n_keys, *self._fixed_keys, *alias_keys, *self._fixed_args,
+             n_verify, n_entries, *verify, *entries)
+        )  # fmt: skip

@@ -11,6 +11,8 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
+from .metrics import GroupStats
+
 __all__ = ["InputStream", "RawEntry", "command", "entries_of"]
 
 RawEntry = tuple[bytes, list[bytes] | None]
@@ -104,6 +106,18 @@ class InputStream:
     def consumers(self) -> list[dict[bytes, Any]]:
         reply = command(self.client, "XINFO CONSUMERS", self.stream, self.group)
         return [_pairs(row) for row in reply]
+
+    def group_stats(self) -> GroupStats:
+        """The group's lag and pending counts and its consumers, for the scrape-time gauges."""
+        info = self.group_info()
+        if info is None:
+            return GroupStats(None, 0, [])
+        lag = info.get(b"lag")
+        consumers = [
+            (c[b"name"].decode(), int(c[b"pending"]), int(c[b"idle"]) / 1000)
+            for c in self.consumers()
+        ]
+        return GroupStats(None if lag is None else int(lag), int(info[b"pending"]), consumers)
 
     def group_info(self) -> dict[bytes, Any] | None:
         for row in command(self.client, "XINFO GROUPS", self.stream):

@@ -33,15 +33,15 @@ class RoundTrip:
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
 
-    def request(self, command: Command) -> Any:
-        """Send ``command`` and wait; an error reply is returned as its ResponseError."""
-        channel = PipelinedConnection(self._client)
-        channel.send(pack(command), 1)
-        return channel.reply()
+    def request(self, packed: bytes) -> Any:
+        """Send one packed command and wait; an error reply is returned as its ResponseError."""
+        connection = PipelinedConnection(self._client)
+        connection.send(packed, 1)
+        return connection.reply()
 
     def call(self, *args: Any) -> Any:
         """One command, waited for; an error reply is raised."""
-        reply = self.request(args)
+        reply = self.request(pack(args))
         if isinstance(reply, ResponseError):
             raise reply
         return reply

@@ -7,24 +7,24 @@
 --    and resolve the events the worker could not resolve from its cache.
 -- 3. If any assumption was stale, return it and write nothing. Otherwise write the links,
 --    XACK every entry and emit only where XACK returned 1, so a redelivered or doubly claimed
---    entry is never emitted twice. Payloads are copied from the input stream here, so the
---    worker sends only ids and verdicts.
+--    entry is never emitted twice.
 --
--- KEYS: input stream, output stream, dead-letter stream, alias hashes...
+-- KEYS: the FIXED_KEYS streams (input, output, dead-letter; FIXED_KEYS is prepended by
+--   worker/scripts.py), then one alias hash per tenant: tenant n's is KEYS[FIXED_KEYS + n].
 -- ARGV: group, output maxlen, dead maxlen, max depth, n_verify, n_entries, then
---   n_verify groups: (alias key index, count, ids...)   roots the worker relied on
+--   n_verify groups: (tenant n, count, ids...)   roots the worker relied on
 --   n_entries x (id, action, n, the entry's n fields, action arguments):
---     'e'  + root key_index: emit with resolved_user_id = root (followed first if it moved)
+--     'e'  + root tenant: emit with resolved_user_id = root (followed first if it moved)
 --     'd'  + error error_code: dead-letter
---     'r'  + key_index user: emit after resolving user here
+--     'r'  + tenant user: emit after resolving user here
 --     'a'  (n = 0) ack only
---     'l'  (n = 0) + key_index prev user expect: link ('1' applies, '0' not, '?' unknown)
---     'L'  + key_index prev user expect: link, then emit after resolving user here
---   The worker sends each payload back with its verdict: cheaper for Redis than re-reading
---   it, and the output entry is written straight from ARGV.
+--     'l'  (n = 0) + tenant prev user expect: link ('1' applies, '0' not, '?' unknown)
+--     'L'  + tenant prev user expect: link, then emit after resolving user here
+--   The worker sends each payload back with its verdict (cheaper for Redis than re-reading
+--   it): emitted and dead-lettered entries are written straight from ARGV.
 -- Returns {0, {link ordinal, current}...} when a predicted link outcome was stale, else
 -- {1, emitted, dead_lettered, {duplicate entry ordinals}, {outcome per link},
---  {root, depth per resolved entry}, {key index, id, target or false per link read}}.
+--  {root, depth per resolved entry}, {tenant n, id, target or false per link read}}.
 
 local input, output, dead = KEYS[1], KEYS[2], KEYS[3]
 local group, out_maxlen, dead_maxlen = ARGV[1], ARGV[2], ARGV[3]
@@ -36,7 +36,7 @@ local CHUNK = 4000  -- stays well below Lua's unpack() limit
 local moved = {}  -- key index -> set of roots that are linked now
 for _ = 1, n_verify do
   local index, count = ARGV[i], tonumber(ARGV[i + 1])
-  local key = KEYS[tonumber(index)]
+  local key = KEYS[FIXED_KEYS + tonumber(index)]
   for first = i + 2, i + 1 + count, CHUNK do
     local last = math.min(first + CHUNK - 1, i + 1 + count)
     local current = redis.call('HMGET', key, unpack(ARGV, first, last))
@@ -83,7 +83,7 @@ for n = 1, n_entries do
   local a = i + 3 + tonumber(ARGV[i + 2])  -- first action argument
   if action == 'l' or action == 'L' then
     local index = ARGV[a]
-    local key = KEYS[tonumber(index)]
+    local key = KEYS[FIXED_KEYS + tonumber(index)]
     local prev, user, expect = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
     local outcome, current = decide_link(key, prev, user, max_depth, pending)
     if outcome == 'applied' then stage_link(key, prev, user, pending) end
@@ -100,11 +100,11 @@ for n = 1, n_entries do
   elseif action == 'e' then
     local root, index = ARGV[a], ARGV[a + 1]
     if moved[index] and moved[index][root] then
-      root = resolve(index, KEYS[tonumber(index)], root)
+      root = resolve(index, KEYS[FIXED_KEYS + tonumber(index)], root)
     end
     roots[n] = root
   elseif action == 'r' then
-    local root, depth = resolve(ARGV[a], KEYS[tonumber(ARGV[a])], ARGV[a + 1])
+    local root, depth = resolve(ARGV[a], KEYS[FIXED_KEYS + tonumber(ARGV[a])], ARGV[a + 1])
     roots[n] = root
     resolved[#resolved + 1] = root
     resolved[#resolved + 1] = depth
