@@ -1,0 +1,246 @@
+"""The outage state machine: back off through Redis failures, log once, stop or give up."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker import backoff
+from worker.backoff import Backoff
+from worker.errors import RedisUnavailableError
+from worker.outage import Reconnector
+
+
+class Stop(threading.Event):
+    """The stop event, recording each backoff wait instead of sleeping through it."""
+
+    def __init__(self, on_wait: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+        self.on_wait = on_wait
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        if self.on_wait is not None:
+            self.on_wait()
+        return self.is_set()
+
+
+class Hooks:
+    """OutageHooks that record every call; connect fails while ``connect_failures`` lasts."""
+
+    def __init__(self, connect_failures: int = 0) -> None:
+        self.calls: list[str] = []
+        self.connect_failures = connect_failures
+        self.down: list[Exception] = []
+        self.backoffs: list[Backoff] = []
+
+    def connect(self) -> None:
+        self.calls.append("connect")
+        if self.connect_failures:
+            self.connect_failures -= 1
+            raise RedisConnectionError("still down")
+
+    def went_down(self, exc: Exception) -> None:
+        self.calls.append("went_down")
+        self.down.append(exc)
+
+    def reconnected(self) -> None:
+        self.calls.append("reconnected")
+
+    def recovered(self, backoff: Backoff) -> None:
+        self.calls.append("recovered")
+        self.backoffs.append(backoff)
+
+    def beat(self) -> None:
+        self.calls.append("beat")
+
+
+class Log:
+    """Records warnings as (event, fields)."""
+
+    def __init__(self) -> None:
+        self.warnings: list[tuple[str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.warnings.append((event, fields))
+
+
+def failing(*errors: Exception, result: str = "done") -> Callable[[], str]:
+    """An action that raises ``errors`` one per call, then returns ``result``."""
+    pending: Iterator[Exception] = iter(errors)
+
+    def action() -> str:
+        error = next(pending, None)
+        if error is not None:
+            raise error
+        return result
+
+    return action
+
+
+@pytest.fixture(autouse=True)
+def _fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Millisecond delays, in case a test's wait ever really sleeps."""
+    monkeypatch.setattr(backoff, "BASE_S", 0.001)
+    monkeypatch.setattr(backoff, "CAP_S", 0.004)
+
+
+OUTAGES = {
+    "connection lost": RedisConnectionError("Connection refused"),
+    "timeout": RedisTimeoutError("Timeout reading from socket"),
+    "socket error": OSError(104, "Connection reset by peer"),
+    "group lost with the data": ResponseError("NOGROUP No such key 'events' or consumer group"),
+}
+
+
+@pytest.mark.parametrize("error", OUTAGES.values(), ids=list(OUTAGES))
+def test_outage_then_recovery(error: Exception) -> None:
+    """Two failures then success: down once, reconnect after each wait, recovered once."""
+    hooks, log, stop = Hooks(), Log(), Stop()
+    reconnector = Reconnector(60, stop, hooks, log)
+    assert reconnector.run(failing(error, error), when_stopped="stopped") == "done"
+    assert hooks.calls == [
+        "went_down",
+        "beat",
+        "connect",
+        "reconnected",
+        "beat",
+        "connect",
+        "reconnected",
+        "recovered",
+    ]
+    assert hooks.down == [error]
+    assert hooks.backoffs[0].attempts == 2
+    assert log.warnings == [("redis unavailable, reconnecting", {"error": str(error)})]
+    assert len(stop.waits) == 2
+    for n, delay in enumerate(stop.waits):
+        assert delay is not None
+        assert 0 <= delay <= 0.001 * 2**n
+
+
+def test_no_outage_touches_no_hook() -> None:
+    """An action that succeeds first time returns its result and calls no hook."""
+    hooks, log, stop = Hooks(), Log(), Stop()
+    assert Reconnector(60, stop, hooks, log).run(lambda: 7, when_stopped=0) == 7
+    assert (hooks.calls, log.warnings, stop.waits) == ([], [], [])
+
+
+def test_reconnected_only_after_a_connect_that_worked() -> None:
+    """While connect itself fails, no reconnected(); the action is retried after each wait."""
+    hooks, stop = Hooks(connect_failures=2), Stop()
+    down = RedisConnectionError("down")
+    result = Reconnector(60, stop, hooks, Log()).run(failing(down, down, down), when_stopped="")
+    assert result == "done"
+    assert hooks.calls == [
+        "went_down",
+        "beat",
+        "connect",
+        "beat",
+        "connect",
+        "beat",
+        "connect",
+        "reconnected",
+        "recovered",
+    ]
+    assert hooks.backoffs[0].attempts == 3
+
+
+def test_other_response_errors_propagate_at_once() -> None:
+    """A ResponseError without NOGROUP is a bug or bad data, not an outage: raised unchanged."""
+    hooks, log, stop = Hooks(), Log(), Stop()
+    error = ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+    with pytest.raises(ResponseError) as raised:
+        Reconnector(60, stop, hooks, log).run(failing(error), when_stopped="")
+    assert raised.value is error
+    assert (hooks.calls, log.warnings, stop.waits) == ([], [], [])
+
+
+def test_other_errors_propagate_at_once() -> None:
+    """Errors that are not Redis outages (a bug in the action) are not retried."""
+    hooks, stop = Hooks(), Stop()
+    with pytest.raises(KeyError):
+        Reconnector(60, stop, hooks, Log()).run(failing(KeyError("x")), when_stopped="")
+    assert hooks.calls == []
+
+
+def test_stop_already_requested_returns_when_stopped() -> None:
+    """Stop set when the outage starts: went_down once, no wait, ``when_stopped`` returned."""
+    hooks, log, stop = Hooks(), Log(), Stop()
+    stop.set()
+    error = RedisConnectionError("down")
+    assert Reconnector(60, stop, hooks, log).run(failing(error), when_stopped="stopped") == (
+        "stopped"
+    )
+    assert hooks.calls == ["went_down"]
+    assert hooks.down == [error]
+    assert stop.waits == []
+    assert log.warnings == [
+        (
+            "stopping during a redis outage; uncommitted entries stay pending",
+            {"error": "down"},
+        )
+    ]
+
+
+def test_stop_requested_during_the_outage_returns_when_stopped() -> None:
+    """Stop set while backing off: the next failure returns ``when_stopped``, went_down once."""
+    hooks, log, stop = Hooks(connect_failures=99), Log(), Stop()
+    stop.on_wait = stop.set
+    down = RedisConnectionError("down")
+    result = Reconnector(60, stop, hooks, log).run(failing(down, down, down), when_stopped="s")
+    assert result == "s"
+    assert hooks.calls == ["went_down", "beat", "connect"]
+    assert len(stop.waits) == 1
+    assert [event for event, _ in log.warnings] == [
+        "redis unavailable, reconnecting",
+        "stopping during a redis outage; uncommitted entries stay pending",
+    ]
+
+
+def test_give_up_raises_naming_the_setting() -> None:
+    """Past STITCH_RECONNECT_GIVE_UP_S the outage becomes RedisUnavailableError naming it."""
+    hooks, stop = Hooks(), Stop()
+    error = RedisConnectionError("Connection refused")
+    with pytest.raises(RedisUnavailableError) as raised:
+        Reconnector(0, stop, hooks, Log()).run(failing(error), when_stopped="")
+    assert str(raised.value) == (
+        "Redis unreachable for 0s (STITCH_RECONNECT_GIVE_UP_S=0): Connection refused"
+    )
+    assert hooks.calls == ["went_down"]
+    assert stop.waits == []
+
+
+def test_give_up_counts_from_the_first_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attempts continue until the give-up time since the outage began, then it raises."""
+    now = [1000.0]
+    monkeypatch.setattr(backoff, "time", SimpleNamespace(monotonic=lambda: now[0]))
+
+    def advance() -> None:
+        now[0] += 4.0
+
+    hooks, stop = Hooks(connect_failures=99), Stop(on_wait=advance)
+    down = RedisConnectionError("down")
+    with pytest.raises(RedisUnavailableError, match=r"unreachable for 12s .*=10\)"):
+        Reconnector(10, stop, hooks, Log()).run(failing(*[down] * 10), when_stopped="")
+    assert len(stop.waits) == 3
+
+
+def test_real_event_waits_only_milliseconds() -> None:
+    """With a real threading.Event and patched constants, an outage costs milliseconds."""
+    hooks, stop = Hooks(), threading.Event()
+    down = RedisConnectionError("down")
+    started = time.monotonic()
+    assert Reconnector(60, stop, hooks, Log()).run(failing(down, down, down), when_stopped="") == (
+        "done"
+    )
+    assert time.monotonic() - started < 0.5
+    assert hooks.calls.count("reconnected") == 3
