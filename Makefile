@@ -4,7 +4,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo run test test-fast lint typecheck bench bench-quick clean
+MIN_VENV := .venv-min
+MIN_STAMP := $(MIN_VENV)/.installed
+FAST := not slow and not redis_server and not prometheus
+
+.PHONY: install demo run test test-fast test-min lint bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +27,17 @@ run: $(STAMP)  ## run the daemon against STITCH_REDIS_URL
 test: $(STAMP)  ## the whole suite, long fault tests included
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)  ## everything but the long fault tests
-	$(PY) -m pytest -q -m "not slow"
+test-fast: $(STAMP)  ## the fast tier: no redis-server, no long fault tests (fakeredis only)
+	$(PY) -m pytest -q -m "$(FAST)"
+
+$(MIN_STAMP): pyproject.toml .ci/min-versions.txt
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MIN_VENV)/bin/python -m pip install --quiet -c .ci/min-versions.txt -e '.[dev]'
+	touch $(MIN_STAMP)
+
+test-min: $(MIN_STAMP)  ## the fast tier at the lowest dependency versions pyproject.toml allows
+	$(MIN_VENV)/bin/python -m pytest -q -m "$(FAST)" -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check worker resolver tests bench
@@ -37,4 +50,4 @@ bench-quick: $(STAMP)
 	$(PY) -m bench --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(MIN_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -34,6 +34,22 @@ def real_redis(redis_server: RedisServer) -> redis.Redis:
     return client
 
 
+@pytest.fixture(params=["fakeredis", pytest.param("redis-server", marks=pytest.mark.redis_server)])
+def client(request: pytest.FixtureRequest) -> redis.Redis:
+    """The contract tests' Redis: fakeredis (the fast tier) and a real redis-server, each."""
+    if request.param == "fakeredis":
+        return fakeredis.FakeRedis(protocol=2)
+    real: redis.Redis = request.getfixturevalue("real_redis")
+    return real
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Whatever starts a redis-server is marked so, however it reaches the fixture."""
+    for item in items:
+        if "redis_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis_server)
+
+
 @pytest.fixture
 def fake_redis() -> redis.Redis:
     """A fakeredis client with Lua support, for fast unit tests."""

@@ -11,7 +11,8 @@ import redis
 
 from tests.conftest import ROOT
 from tests.redis_proc import RedisServer
-from worker.config import Settings
+from worker.cli import build_parser, settings_from
+from worker.config import Settings, StitchDeprecationWarning
 from worker.errors import ConfigError
 
 
@@ -50,12 +51,23 @@ def test_bad_setting_exits_2_naming_the_variable(variable: str, value: str) -> N
 
 def test_flags_override_the_environment() -> None:
     """Every setting is also a flag, and the flag wins."""
-    settings = Settings.from_env({"STITCH_BATCH_SIZE": "10"}, {"batch_size": "20"})
-    assert settings.batch_size == 20
+    args = build_parser().parse_args(["run", "--batch-size", "20", "--log-format", "console"])
+    settings = settings_from(args, {"STITCH_BATCH_SIZE": "10", "STITCH_CACHE_SIZE": "99"})
+    assert (settings.batch_size, settings.log_format, settings.cache_size) == (20, "console", 99)
     with pytest.raises(ConfigError, match="STITCH_BLOCK_MS"):
         Settings.from_env({"STITCH_BLOCK_MS": "-1"})
     with pytest.raises(ConfigError, match="STITCH_SHUTDOWN_TIMEOUT_S"):
         Settings.from_env({"STITCH_BLOCK_MS": "30000", "STITCH_SHUTDOWN_TIMEOUT_S": "10"})
+
+
+def test_old_shutdown_timeout_variable_still_works_with_a_warning() -> None:
+    """STITCH_SHUTDOWN_TIMEOUT (no unit suffix) is read as STITCH_SHUTDOWN_TIMEOUT_S, with a
+    warning that names the new variable; when both are set the new one wins."""
+    with pytest.warns(StitchDeprecationWarning, match="use STITCH_SHUTDOWN_TIMEOUT_S"):
+        assert Settings.from_env({"STITCH_SHUTDOWN_TIMEOUT": "12"}).shutdown_timeout_s == 12
+    both = {"STITCH_SHUTDOWN_TIMEOUT": "12", "STITCH_SHUTDOWN_TIMEOUT_S": "7"}
+    with pytest.warns(StitchDeprecationWarning):
+        assert Settings.from_env(both).shutdown_timeout_s == 7
 
 
 def test_bad_flag_exits_2() -> None:

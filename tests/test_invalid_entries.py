@@ -9,8 +9,6 @@ import redis
 
 from tests.helpers import DEAD, INPUT, add, drain, event, identify, metric, output
 
-pytestmark = pytest.mark.redis_server
-
 GOOD = json.dumps(event("anon-ok"))
 
 CASES: list[tuple[str, dict[str, bytes | str]]] = [
@@ -75,37 +73,37 @@ CASES: list[tuple[str, dict[str, bytes | str]]] = [
     ("code", "fields"), CASES, ids=[f"{c}-{i}" for i, (c, _) in enumerate(CASES)]
 )
 def test_invalid_entry_is_dead_lettered_and_neighbours_flow(
-    real_redis: redis.Redis, code: str, fields: dict[str, bytes | str]
+    client: redis.Redis, code: str, fields: dict[str, bytes | str]
 ) -> None:
     """The bad entry lands in the dead-letter stream with its code, fields and source id."""
-    before = add(real_redis, "acme", event("anon-before"))
-    bad = real_redis.xadd(INPUT, fields).decode()  # type: ignore[arg-type]
-    after = add(real_redis, "acme", event("anon-after"))
-    drain(real_redis, max_event_bytes=4096)
-    [(_, dead)] = real_redis.xrange(DEAD)
+    before = add(client, "acme", event("anon-before"))
+    bad = client.xadd(INPUT, fields).decode()  # type: ignore[arg-type]
+    after = add(client, "acme", event("anon-after"))
+    drain(client, max_event_bytes=4096)
+    [(_, dead)] = client.xrange(DEAD)
     assert dead[b"error_code"] == code.encode()
     assert dead[b"error"].startswith(code.encode() + b": ")
     assert dead[b"source_id"] == bad.encode()
     for name, value in fields.items():
         assert dead[name.encode()] == (value if isinstance(value, bytes) else value.encode())
-    assert [e["source_id"] for e in output(real_redis)] == [before, after]
-    assert real_redis.xpending(INPUT, "stitch")["pending"] == 0
+    assert [e["source_id"] for e in output(client)] == [before, after]
+    assert client.xpending(INPUT, "stitch")["pending"] == 0
 
 
-def test_dead_letter_counts_by_reason(real_redis: redis.Redis) -> None:
+def test_dead_letter_counts_by_reason(client: redis.Redis) -> None:
     """The worker's totals and metrics count dead letters by reason code."""
-    add(real_redis, "acme", "{nope")
-    add(real_redis, "acme", "{nope")
-    add(real_redis, "acme", "[]")
-    worker = drain(real_redis)
+    add(client, "acme", "{nope")
+    add(client, "acme", "{nope")
+    add(client, "acme", "[]")
+    worker = drain(client)
     assert worker.totals["dead:event_not_json"] == 2
     assert worker.totals["dead:event_not_object"] == 1
     assert metric(worker, "stitch_dead_letters_total", reason="event_not_json") == 2
 
 
-def test_fields_in_any_order_are_understood(real_redis: redis.Redis) -> None:
+def test_fields_in_any_order_are_understood(client: redis.Redis) -> None:
     """Producers other than the ingestion API may write event before tenant, or add fields."""
-    first = real_redis.xadd(INPUT, {"domain": "x", "event": GOOD, "tenant": "acme"}).decode()
-    drain(real_redis)
-    [out] = output(real_redis)
+    first = client.xadd(INPUT, {"domain": "x", "event": GOOD, "tenant": "acme"}).decode()
+    drain(client)
+    [out] = output(client)
     assert out["source_id"] == first and out["resolved_user_id"] == "anon-ok"

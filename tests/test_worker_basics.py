@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import redis
 
+from resolver import Resolver
 from tests.helpers import (
     DEAD,
     add,
@@ -23,63 +24,60 @@ from worker.committer import MAX_STALE_RETRIES, Committed, Committer, Stale
 from worker.planner import Plan, Planner
 from worker.wire import PipelinedConnection, pack
 
-pytestmark = pytest.mark.redis_server
 
-
-
-def test_event_gets_resolved_id_and_source_id_and_keeps_its_fields(real_redis: redis.Redis) -> None:
+def test_event_gets_resolved_id_and_source_id_and_keeps_its_fields(client: redis.Redis) -> None:
     """An event is emitted with every input field unchanged plus resolved_user_id and source_id."""
-    source = add(real_redis, "acme", event("anon-1"), domain="commerce", extra="kept")
-    drain(real_redis)
-    [out] = output(real_redis)
+    source = add(client, "acme", event("anon-1"), domain="commerce", extra="kept")
+    drain(client)
+    [out] = output(client)
     assert out["tenant"] == "acme" and out["domain"] == "commerce" and out["extra"] == "kept"
     assert out["resolved_user_id"] == "anon-1"
     assert out["source_id"] == source
 
 
-def test_identify_links_and_is_not_forwarded(real_redis: redis.Redis) -> None:
+def test_identify_links_and_is_not_forwarded(client: redis.Redis) -> None:
     """identify writes alias:<tenant> previous -> user and is only acked, not emitted."""
-    add(real_redis, "acme", identify("real-x", "anon-a"))
-    drain(real_redis)
-    assert real_redis.hgetall("alias:acme") == {b"anon-a": b"real-x"}
-    assert output(real_redis) == []
-    assert real_redis.xpending("events", "stitch")["pending"] == 0
+    add(client, "acme", identify("real-x", "anon-a"))
+    drain(client)
+    assert client.hgetall("alias:acme") == {b"anon-a": b"real-x"}
+    assert output(client) == []
+    assert client.xpending("events", "stitch")["pending"] == 0
 
 
-def test_identify_forwarded_when_configured(real_redis: redis.Redis) -> None:
+def test_identify_forwarded_when_configured(client: redis.Redis) -> None:
     """With forward_identify the identify is emitted too, resolved through its own link."""
-    add(real_redis, "acme", identify("real-x", "anon-a"))
-    drain(real_redis, forward_identify=True)
-    [out] = output(real_redis)
+    add(client, "acme", identify("real-x", "anon-a"))
+    drain(client, forward_identify=True)
+    [out] = output(client)
     assert out["resolved_user_id"] == "real-x"
 
 
-def test_chain_resolution_walks_to_the_end(real_redis: redis.Redis) -> None:
+def test_chain_resolution_walks_to_the_end(client: redis.Redis) -> None:
     """anon_a -> real_x -> real_y: events of every id on the chain resolve to real_y."""
-    add(real_redis, "acme", identify("real-x", "anon-a"))
-    add(real_redis, "acme", identify("real-y", "real-x"))
-    ids = [add(real_redis, "acme", event(u)) for u in ("anon-a", "real-x", "real-y")]
-    drain(real_redis)
-    assert [resolved_by_source(real_redis)[i] for i in ids] == ["real-y"] * 3
+    add(client, "acme", identify("real-x", "anon-a"))
+    add(client, "acme", identify("real-y", "real-x"))
+    ids = [add(client, "acme", event(u)) for u in ("anon-a", "real-x", "real-y")]
+    drain(client)
+    assert [resolved_by_source(client)[i] for i in ids] == ["real-y"] * 3
 
 
-def test_stream_order_within_one_batch(real_redis: redis.Redis) -> None:
+def test_stream_order_within_one_batch(client: redis.Redis) -> None:
     """An identify applies to later events of the same batch, not to earlier ones."""
-    before = add(real_redis, "acme", event("anon-a"))
-    add(real_redis, "acme", identify("real-x", "anon-a"))
-    after = add(real_redis, "acme", event("anon-a"))
-    drain(real_redis)
-    resolved = resolved_by_source(real_redis)
+    before = add(client, "acme", event("anon-a"))
+    add(client, "acme", identify("real-x", "anon-a"))
+    after = add(client, "acme", event("anon-a"))
+    drain(client)
+    resolved = resolved_by_source(client)
     assert resolved[before] == "anon-a"
     assert resolved[after] == "real-x"
 
 
-def test_tenants_are_separate(real_redis: redis.Redis) -> None:
+def test_tenants_are_separate(client: redis.Redis) -> None:
     """A link in one tenant never changes resolution in another."""
-    add(real_redis, "acme", identify("real-x", "anon-a"))
-    other = add(real_redis, "globex", event("anon-a"))
-    drain(real_redis)
-    assert resolved_by_source(real_redis)[other] == "anon-a"
+    add(client, "acme", identify("real-x", "anon-a"))
+    other = add(client, "globex", event("anon-a"))
+    drain(client)
+    assert resolved_by_source(client)[other] == "anon-a"
 
 
 @pytest.mark.parametrize(
@@ -97,60 +95,60 @@ def test_tenants_are_separate(real_redis: redis.Redis) -> None:
     ],
 )
 def test_link_rules(
-    real_redis: redis.Redis,
+    client: redis.Redis,
     links: list[tuple[str, str]],
     expected_map: dict[str, str],
     outcome: str,
 ) -> None:
     """The map stays a forest; each refusal is counted by outcome, never dead-lettered."""
     for prev, user in links:
-        add(real_redis, "acme", identify(user, prev))
-    worker = drain(real_redis)
-    stored = {k.decode(): v.decode() for k, v in real_redis.hgetall("alias:acme").items()}
+        add(client, "acme", identify(user, prev))
+    worker = drain(client)
+    stored = {k.decode(): v.decode() for k, v in client.hgetall("alias:acme").items()}
     assert stored == expected_map
     assert worker.totals[f"identify:{outcome}"] >= 1
-    assert real_redis.xlen(DEAD) == 0
+    assert client.xlen(DEAD) == 0
 
 
-def test_extra_placeholders_are_configurable(real_redis: redis.Redis) -> None:
+def test_extra_placeholders_are_configurable(client: redis.Redis) -> None:
     """STITCH_EXTRA_PLACEHOLDERS adds ids (case-insensitively) to the refused list."""
-    add(real_redis, "acme", identify("real-x", "VOID"))
-    worker = drain(real_redis, extra_placeholders="void,abc123")
-    assert real_redis.hlen("alias:acme") == 0
+    add(client, "acme", identify("real-x", "VOID"))
+    worker = drain(client, extra_placeholders="void,abc123")
+    assert client.hlen("alias:acme") == 0
     assert worker.totals["identify:placeholder"] == 1
 
 
-def test_existing_cycle_resolves_deterministically(real_redis: redis.Redis) -> None:
+def test_existing_cycle_resolves_deterministically(client: redis.Redis) -> None:
     """A cycle written by someone else never loops: every member resolves to the same id."""
-    real_redis.hset("alias:acme", mapping={"p": "q", "q": "r", "r": "p"})
-    ids = [add(real_redis, "acme", event(u)) for u in ("p", "q", "r")]
-    worker = drain(real_redis)
-    resolved = resolved_by_source(real_redis)
+    client.hset("alias:acme", mapping={"p": "q", "q": "r", "r": "p"})
+    ids = [add(client, "acme", event(u)) for u in ("p", "q", "r")]
+    worker = drain(client)
+    resolved = resolved_by_source(client)
     assert {resolved[i] for i in ids} == {"p"}
     assert metric(worker, "stitch_resolver_cycles_total") == 3
 
 
 @pytest.mark.parametrize("maxlen", [0, 3])
-def test_output_stream_trimming_setting(real_redis: redis.Redis, maxlen: int) -> None:
+def test_output_stream_trimming_setting(client: redis.Redis, maxlen: int) -> None:
     """STITCH_OUTPUT_MAXLEN 0 keeps every event; a bound trims the oldest (approximately)."""
     for i in range(1500):
-        add(real_redis, "acme", event(f"u{i % 10}"), domain="commerce")
-    worker = drain(real_redis, output_maxlen=maxlen, batch_size=100)
+        add(client, "acme", event(f"u{i % 10}"), domain="commerce")
+    worker = drain(client, output_maxlen=maxlen, batch_size=100)
     assert worker.totals["emitted"] == 1500
     if maxlen == 0:
-        assert real_redis.xlen("events:enriched") == 1500
+        assert client.xlen("events:enriched") == 1500
     else:
-        assert real_redis.xlen("events:enriched") < 1500
+        assert client.xlen("events:enriched") < 1500
 
 
-def test_refused_link_is_logged_with_its_entry_id(real_redis: redis.Redis) -> None:
+def test_refused_link_is_logged_with_its_entry_id(client: redis.Redis) -> None:
     """A conflict is logged at info with the entry id, and without any user id."""
     from structlog.testing import capture_logs
 
-    add(real_redis, "acme", identify("real-x", "anon-a"))
-    conflicting = add(real_redis, "acme", identify("real-y", "anon-a"))
+    add(client, "acme", identify("real-x", "anon-a"))
+    conflicting = add(client, "acme", identify("real-y", "anon-a"))
     with capture_logs() as logs:
-        drain(real_redis)
+        drain(client)
     [refused] = [line for line in logs if line["event"] == "link refused"]
     assert refused == {
         "event": "link refused",
@@ -160,29 +158,29 @@ def test_refused_link_is_logged_with_its_entry_id(real_redis: redis.Redis) -> No
     }
 
 
-def test_batch_queued_behind_a_stale_commit_is_planned_again(real_redis: redis.Redis) -> None:
+def test_batch_queued_behind_a_stale_commit_is_planned_again(client: redis.Redis) -> None:
     """The queued batch assumed the sent batch's link; once that link is refused, the queued
     event must resolve through what Redis holds, not through the refused link."""
-    add(real_redis, "acme", identify("x", "anon-a"))
-    event_id = add(real_redis, "acme", event("anon-a"))
-    worker = make_worker(real_redis, batch_size=1)
+    add(client, "acme", identify("x", "anon-a"))
+    event_id = add(client, "acme", event("anon-a"))
+    worker = make_worker(client, batch_size=1)
     worker.startup()
     for uid in ("anon-a", "x"):
         worker.cache.put("acme", uid, uid)  # both believed unlinked...
-    real_redis.hset("alias:acme", "anon-a", "z")  # ...but another replica linked it
+    client.hset("alias:acme", "anon-a", "z")  # ...but another replica linked it
     worker.loop(drain=True)
-    assert resolved_by_source(real_redis) == {event_id: "z"}
+    assert resolved_by_source(client) == {event_id: "z"}
     assert worker.totals["identify:conflict"] == 1
     assert metric(worker, "stitch_stale_commits_total") == 1
 
 
 def test_stop_requested_while_the_pipeline_loses_its_connection(
-    real_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The link drops with a commit in flight and SIGTERM already requested: the worker
     stops cleanly, and what it held stays pending for the next start to finish."""
-    ids = [add(real_redis, "acme", event(f"user-{i}")) for i in range(10)]
-    worker = make_worker(real_redis, batch_size=2, consumer="stopper")
+    ids = [add(client, "acme", event(f"user-{i}")) for i in range(10)]
+    worker = make_worker(client, batch_size=2, consumer="stopper")
     worker.startup()
     replies = 0
     real_reply = PipelinedConnection.reply
@@ -200,18 +198,18 @@ def test_stop_requested_while_the_pipeline_loses_its_connection(
     worker.loop()  # returns instead of raising
     monkeypatch.undo()
     assert replies == 4
-    drain(real_redis, batch_size=2, consumer="stopper")
-    assert sorted(resolved_by_source(real_redis)) == sorted(ids)
-    assert len(output(real_redis)) == len(ids)
+    drain(client, batch_size=2, consumer="stopper")
+    assert sorted(resolved_by_source(client)) == sorted(ids)
+    assert len(output(client)) == len(ids)
 
 
 def test_batch_left_pending_after_stale_retries_keeps_stream_order(
-    real_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A batch that stays stale through every retry is left pending; the batches pipelined
     behind it wait for its recovery instead of overtaking it."""
-    ids = [add(real_redis, "acme", event(f"user-{i}")) for i in range(8)]
-    worker = make_worker(real_redis, batch_size=2)
+    ids = [add(client, "acme", event(f"user-{i}")) for i in range(8)]
+    worker = make_worker(client, batch_size=2)
     real_plan, real_verdict, real_commit = Planner.plan, Committer.verdict, Committer.commit
     faults = {"plan": 1, "verdict": 1, "commit": MAX_STALE_RETRIES}
 
@@ -239,5 +237,51 @@ def test_batch_left_pending_after_stale_retries_keeps_stream_order(
     monkeypatch.setattr(Committer, "commit", stale_through_every_retry)
     worker.run(drain=True)
     assert faults == {"plan": 0, "verdict": 0, "commit": 0}
-    assert [e["source_id"] for e in output(real_redis)] == ids
+    assert [e["source_id"] for e in output(client)] == ids
     assert metric(worker, "stitch_stale_commits_total") == 1 + MAX_STALE_RETRIES
+
+
+def test_every_histogram_is_observed_by_a_drain(client: redis.Redis) -> None:
+    """Each histogram the worker exports (batch duration, end-to-end delay, chain depth) is fed
+    by an ordinary run: no panel or alert reads a series that nothing observes."""
+    add(client, "acme", identify("real-x", "anon-a"))
+    add(client, "acme", event("anon-a"))
+    worker = drain(client)
+    histograms = [
+        family.name for family in worker.metrics.registry.collect() if family.type == "histogram"
+    ]
+    assert sorted(histograms) == [
+        "stitch_batch_duration_seconds",
+        "stitch_chain_depth",
+        "stitch_end_to_end_delay_seconds",
+    ]
+    counts = {name: metric(worker, name + "_count") for name in histograms}
+    assert all(count is not None and count > 0 for count in counts.values()), counts
+
+
+def test_building_a_worker_asks_redis_nothing() -> None:
+    """Constructors do no I/O: a worker (and its scrape-time collector) can be built while
+    Redis is unreachable; only startup() connects."""
+    unreachable = redis.Redis(port=1, socket_connect_timeout=0.2)
+    worker = make_worker(unreachable)
+    with pytest.raises(redis.ConnectionError):
+        worker.reconnection.connect()
+
+
+def test_non_utf8_ids_written_by_another_program_are_followed(client: redis.Redis) -> None:
+    """A chain through an id that is not UTF-8 resolves byte for byte, in the worker (every
+    batch, however warm its cache) and in the library, instead of crashing either."""
+    odd = b"\xff\xfeodd"
+    client.hset("alias:acme", mapping={b"anon-a": odd, odd: b"real-z"})
+    first = add(client, "acme", event("anon-a"))
+    worker = drain(client)
+    second = add(client, "acme", event("anon-a"))
+    worker.run(drain=True)
+    assert resolved_by_source(client) == {first: "real-z", second: "real-z"}
+    library = Resolver(client)
+    assert library.resolve_many("acme", ["anon-a", "anon-a"]) == ["real-z", "real-z"]
+    assert library.chain("acme", "anon-a") == [
+        "anon-a",
+        odd.decode("utf-8", "surrogateescape"),
+        "real-z",
+    ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 import redis
@@ -21,7 +21,7 @@ from .connection import connect
 from .errors import ConfigError, RedisUnavailableError
 from .logs import configure_logging, get_logger
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "settings_from"]
 
 EXIT_CONFIG, EXIT_REDIS = 2, 3
 
@@ -57,13 +57,18 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def settings_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    """The settings: ``STITCH_*`` variables, then the flags ``args`` carries on top."""
     overrides = {
         k.removeprefix("setting_"): v for k, v in vars(args).items() if k.startswith("setting_")
     }
+    return Settings.from_env(env, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        settings = Settings.from_env(overrides=overrides)
+        settings = settings_from(args)
     except ConfigError as exc:
         print(f"lehnz-stitch: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
