@@ -16,7 +16,7 @@ from .planner import Plan
 
 __all__ = ["Accountant"]
 
-REFUSED = (LinkOutcome.CONFLICT, LinkOutcome.CYCLE)
+REFUSED = (LinkOutcome.CONFLICT, LinkOutcome.CYCLE, LinkOutcome.TOO_DEEP)
 
 
 class Accountant:

@@ -35,6 +35,8 @@ class Stale(NamedTuple):
 
     links: list[int]
     """0-based indexes of links whose predicted outcome was wrong."""
+    too_deep: list[int] = []  # noqa: RUF012 (a NamedTuple default, never mutated)
+    """Those of ``links`` the script refused as too deep (the planner remembers them)."""
 
 
 def _text(value: Any) -> str:
@@ -91,7 +93,11 @@ class Committer:
                     for k in range(0, len(learned), 3)
                 ],
             )
-        return Stale([int(n) - 1 for n, _ in reply[1]])
+        stale = reply[1]
+        return Stale(
+            [int(s[0]) - 1 for s in stale],
+            [int(s[0]) - 1 for s in stale if _text(s[2]) == LinkOutcome.TOO_DEEP],
+        )
 
     def commit(self, wire: RoundTrip, plan: Plan) -> Committed | Stale:
         return self.verdict(wire, plan, wire.request(self.command(plan)))

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 __all__ = ["DEAD_LETTER_REASONS", "IDENTIFY_OUTCOMES", "GroupStats", "Metrics", "observe_many"]
 
-IDENTIFY_OUTCOMES = ("applied", "noop", "conflict", "cycle", "placeholder")
+IDENTIFY_OUTCOMES = ("applied", "noop", "conflict", "cycle", "too_deep", "placeholder")
 DEAD_LETTER_REASONS = (
     "missing_event",
     "event_not_utf8",

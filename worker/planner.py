@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from resolver import UNRESOLVED, AliasCache, End, Resolver, walk
+from resolver.heights import heights_key
 from resolver.links import LinkOutcome, LinkRules
 
 from .parser import Entry, Kind
@@ -71,10 +72,12 @@ class Plan:
         """The commit command, packed once the plan is complete (see Committer.pack)."""
 
     def key_index(self, tenant: str, key_prefix: str) -> int:
+        """KEYS index of the tenant's alias hash; its heights hash comes right after it."""
         index = self.tenants.get(tenant)
         if index is None:
-            self.alias_keys.append(key_prefix + tenant)
-            index = self.tenants[tenant] = 3 + len(self.alias_keys)
+            alias_key = key_prefix + tenant
+            self.alias_keys.extend((alias_key, heights_key(alias_key)))
+            index = self.tenants[tenant] = 2 + len(self.alias_keys)
         return index
 
     def seal(self, key_prefix: str) -> Plan:
@@ -103,14 +106,24 @@ class Planner:
     it read so the cache learns it: every batch costs exactly one round trip.
     """
 
-    __slots__ = ("cache", "forward_identify", "key_prefix", "max_depth", "rules")
+    __slots__ = ("cache", "forward_identify", "key_prefix", "resolver", "rules", "too_deep")
 
     def __init__(self, resolver: Resolver, rules: LinkRules, *, forward_identify: bool) -> None:
+        self.resolver = resolver
         self.cache: AliasCache = resolver.cache
+        self.too_deep: AliasCache = resolver.too_deep
         self.key_prefix = resolver.key_prefix
-        self.max_depth = resolver.max_depth
         self.rules = rules
         self.forward_identify = forward_identify
+
+    def learn_stale(self, plan: Plan, links: list[int], too_deep: list[int]) -> None:
+        """After a stale verdict: remember links refused as too deep (the cache was right,
+        only heights it cannot see were not), forget the tenants of the others."""
+        deep = set(too_deep)
+        self.resolver.forget({plan.links[n][0] for n in links if n not in deep})
+        for n in deep:
+            tenant, prev, user = plan.links[n]
+            self.too_deep.put(tenant, prev, user)
 
     def plan(self, entries: list[Entry], after: Plan | None = None) -> Plan:
         """``after`` is a plan whose commit runs first: its own links are assumed.
@@ -152,7 +165,7 @@ class Planner:
         if (overlay is None or uid not in overlay) and self.cache.get(tenant, uid) == uid:
             end, how, hops, used_overlay = uid, End.ROOT, 0, False  # the common case
         else:
-            end, how, hops, used_overlay = walk(self.cache, tenant, uid, self.max_depth, overlay)
+            end, how, hops, used_overlay = walk(self.cache, tenant, uid, overlay)
         if how is not End.ROOT:
             plan.deferred += 1
             return None
@@ -188,6 +201,8 @@ class Planner:
             plan.assume(tenant, prev, UNRESOLVED)
         elif user_end == prev:
             expect = REFUSED  # would close a cycle
+        elif self.too_deep.get(tenant, prev) == user:
+            expect = REFUSED  # refused as too deep before: heights only grow, so it still is
         else:
             expect = APPLIES
             plan.assume(tenant, prev, user)

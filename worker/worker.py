@@ -28,6 +28,7 @@ from .committer import Committed, Committer, Stale
 from .config import Settings
 from .errors import StaleCommitError
 from .health import Health
+from .measuring import measure_alias_maps
 from .metrics import GroupStats, Metrics
 from .outage import Reconnector
 from .parser import Entry, Parser
@@ -128,6 +129,7 @@ class Worker:
 
     def startup(self) -> None:
         self._with_reconnect(self.connect)
+        self._with_reconnect(lambda: measure_alias_maps(self.resolver, self.log))
         self.log.info(
             "started",
             stream=self.settings.input_stream,
@@ -354,7 +356,7 @@ class Worker:
 
     def _forget_stale(self, plan: Plan, stale: Stale) -> None:
         self.metrics.stale_commits.inc()
-        self.resolver.forget({plan.links[n][0] for n in stale.links})
+        self.planner.learn_stale(plan, stale.links, stale.too_deep)
         self.log.info("commit found stale links, retrying", links=len(stale.links))
 
     def _finish(self, entries: list[Entry], plan: Plan, result: Committed) -> None:

@@ -10,8 +10,9 @@
 --    entry is never emitted twice. Payloads are copied from the input stream here, so the
 --    worker sends only ids and verdicts.
 --
--- KEYS: input stream, output stream, dead-letter stream, alias hashes...
--- ARGV: group, output maxlen, dead maxlen, max depth, n_verify, n_entries, then
+-- KEYS: input stream, output stream, dead-letter stream, then per tenant its alias hash and
+--   that hash's heights hash (a key_index names the alias hash; key_index + 1 its heights)
+-- ARGV: group, output maxlen, dead maxlen, max chain depth, n_verify, n_entries, then
 --   n_verify groups: (alias key index, count, ids...)   roots the worker relied on
 --   n_entries x (id, action, n, the entry's n fields, action arguments):
 --     'e'  + root key_index: emit with resolved_user_id = root (followed first if it moved)
@@ -22,7 +23,7 @@
 --     'L'  + key_index prev user expect: link, then emit after resolving user here
 --   The worker sends each payload back with its verdict: cheaper for Redis than re-reading
 --   it, and the output entry is written straight from ARGV.
--- Returns {0, {link ordinal, current}...} when a predicted link outcome was stale, else
+-- Returns {0, {link ordinal, current, outcome}...} when a predicted link outcome was stale, else
 -- {1, emitted, dead_lettered, {duplicate entry ordinals}, {outcome per link},
 --  {root, depth per resolved entry}, {key index, id, target or false per link read}}.
 
@@ -53,27 +54,34 @@ end
 local EXTRA = {e = 2, d = 2, a = 0, r = 2, l = 4, L = 4}
 local pending, learned = {}, {}
 
--- Resolve with the batch's earlier links; a foreign cycle resolves to its smallest member.
+-- Resolve to the true end of the chain, with the batch's earlier links; no depth cap, so the
+-- answer never depends on what the worker's cache had compressed. A foreign cycle resolves
+-- to its smallest member (byte order, like Python's min; Lua's `<` would follow the locale).
+local function bytes_less(a, b)
+  for k = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, k), string.byte(b, k)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
 local function resolve(index, key, id)
   local node, seen, path = id, {}, {}
-  for depth = 0, max_depth do
-    if seen[node] then
-      local smallest = node
-      for k = seen[node], #path do
-        if path[k] < smallest then smallest = path[k] end
-      end
-      return smallest, -1
-    end
+  while not seen[node] do
     path[#path + 1] = node
     seen[node] = #path
     local target = link_target(key, node, pending)
     learned[#learned + 1] = index
     learned[#learned + 1] = node
     learned[#learned + 1] = target or false
-    if not target then return node, depth end
+    if not target then return node, #path - 1 end
     node = target
   end
-  return node, max_depth
+  local smallest = node
+  for k = seen[node], #path do
+    if bytes_less(path[k], smallest) then smallest = path[k] end
+  end
+  return smallest, -1
 end
 
 local start = i
@@ -85,10 +93,14 @@ for n = 1, n_entries do
     local index = ARGV[a]
     local key = KEYS[tonumber(index)]
     local prev, user, expect = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-    local outcome, current = decide_link(key, prev, user, max_depth, pending)
-    if outcome == 'applied' then stage_link(key, prev, user, pending) end
+    local hkey = KEYS[tonumber(index) + 1]
+    local outcome, current, root, height, prev_height =
+      decide_link(key, hkey, prev, user, max_depth, pending)
+    if outcome == 'applied' then
+      stage_link(key, hkey, prev, user, root, height, prev_height, pending)
+    end
     if expect ~= '?' and (outcome == 'applied') ~= (expect == '1') then
-      stale_links[#stale_links + 1] = {#outcomes + 1, current or false}
+      stale_links[#stale_links + 1] = {#outcomes + 1, current or false, outcome}
     end
     outcomes[#outcomes + 1] = outcome
     if action == 'L' then
@@ -116,11 +128,7 @@ if #stale_links > 0 then
   return {0, stale_links}
 end
 
-for key, staged in pairs(pending) do
-  for prev, user in pairs(staged) do
-    redis.call('HSET', key, prev, user)
-  end
-end
+write_staged(pending)
 
 -- XADD the entry's own fields (ARGV[first .. first + n - 1]) plus the pairs in `...`.
 -- The usual shapes (tenant + event [+ domain]) are spelled out: no table to build.
