@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import random
 
 import fakeredis
@@ -33,7 +34,7 @@ def alias_maps(draw: st.DrawFn) -> dict[str, str]:
     links = draw(st.dictionaries(st.sampled_from(IDS), st.sampled_from(IDS), max_size=8))
     length = draw(st.integers(0, 45))
     chain = [f"c{n}" for n in range(length + 1)]
-    links.update(zip(chain, chain[1:], strict=False))
+    links.update(itertools.pairwise(chain))
     if length and draw(st.booleans()):
         links[chain[-1]] = draw(st.sampled_from(IDS + chain[:-1]))
     return links
@@ -69,9 +70,10 @@ def library_answers(client: redis.Redis, ids: list[str], warm: list[str]) -> lis
     warmed.resolve_many("t1", warm)
     for uid in warm:
         warmed.resolve("t1", uid)
+    shuffled = random.Random(len(ids)).sample(ids, len(ids))
     return [
         dict(zip(ids, cold.resolve_many("t1", ids), strict=True)),
-        {uid: one_by_one.resolve("t1", uid) for uid in random.Random(len(ids)).sample(ids, len(ids))},
+        {uid: one_by_one.resolve("t1", uid) for uid in shuffled},
         dict(zip(ids, warmed.resolve_many("t1", ids), strict=True)),
     ]
 
