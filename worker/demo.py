@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from resolver import Resolver
+from resolver.heights import alias_keys
 
 from .cli import connect, run
 from .config import Settings
@@ -152,8 +153,8 @@ def _report(client: Any, settings: Settings) -> None:
         print(f"   {fields[b'error'].decode()}")
     print("\n== alias links (previous_user_id -> user_id)")
     resolver = Resolver(client, key_prefix=settings.alias_prefix)
-    for key in sorted(client.scan_iter(match=settings.alias_prefix + "*")):
-        tenant = key.decode().removeprefix(settings.alias_prefix)
+    for key in alias_keys(client, settings.alias_prefix):
+        tenant = key.removeprefix(settings.alias_prefix)
         for prev, user in sorted(client.hgetall(key).items()):
             print(f"   {tenant}: {prev.decode()} -> {user.decode()}")
         print("\n== resolved chains")
