@@ -210,7 +210,7 @@ def section_a(report: Report, server: RedisServer, opts: Options, data: DataSet)
     best_copy = max(copies, key=lambda r: r.rate if not r.error else 0)
     if best_worker.summary:
         keys = ("read", "emitted", "identify:applied", "identify:conflict", "identify:cycle",
-                "duplicates", "reconnects")
+                "identify:too_deep", "duplicates", "reconnects")
         report.line("worker's own totals (best run): " + ", ".join(
             f"{k}={best_worker.summary[k]:,}" for k in keys if k in best_worker.summary))
     report.line()

@@ -1,6 +1,7 @@
 """Link outcomes and the client-side half of the link rules (placeholders, self-links).
 
-The server-side half (first link stands, no cycles) lives in ``lua/link_rules.lua`` so
+The server-side half (first link stands, no cycles, no chain deeper than the cap) lives in
+``lua/link_rules.lua`` so
 that the check and the write are one atomic step however many replicas race.
 """
 
@@ -21,7 +22,9 @@ class LinkOutcome(StrEnum):
     CONFLICT = "conflict"
     """previous_user_id already links elsewhere: the first link stands."""
     CYCLE = "cycle"
-    """previous_user_id is reachable from user_id (or the chain is deeper than the cap)."""
+    """previous_user_id is reachable from user_id, or user_id leads into a foreign cycle."""
+    TOO_DEEP = "too_deep"
+    """The link would make some chain longer than the cap (``STITCH_MAX_CHAIN_DEPTH``)."""
     PLACEHOLDER = "placeholder"
     """Either side is a placeholder id such as "null" or "anonymous"."""
 

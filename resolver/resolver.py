@@ -8,6 +8,9 @@ Usable on its own by downstream consumers::
 
 Misses of a whole call are fetched one HMGET per tenant per hop level, pipelined, so a
 batch costs one round trip per level of its deepest cold chain, never one per hop per id.
+
+Reads always go to the true end of a chain (a foreign cycle: its smallest member), so an
+answer never depends on what the cache held; ``max_depth`` is the write-time rule only.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import redis
 
 from .cache import AliasCache
+from .heights import heights_key
 from .ids import decode_id, encode_id
 from .links import LinkOutcome, LinkRules
 from .scripts import LINK_LUA
@@ -27,8 +31,13 @@ __all__ = ["DEFAULT_KEY_PREFIX", "DEFAULT_MAX_DEPTH", "Resolver"]
 
 DEFAULT_KEY_PREFIX = "alias:"
 """The contract's key: ``alias:<tenant>``. Add a hash tag (``{lehnz}alias:``) for Cluster."""
-DEFAULT_MAX_DEPTH = 32
-"""Real chains are 1-4 links (anonymous -> real -> merged); 32 only bounds corrupt data."""
+DEFAULT_MAX_DEPTH = 16
+"""The longest chain a link may create. Real chains are 1-4 links (anonymous -> real ->
+merged primary, plus a rare second merge); 16 leaves 4x that for id migrations and refuses a
+client that mints a new id per page view after 16 of them, so a cold read costs at most 17
+round trips (library) or hops (commit script)."""
+REFUSAL_MEMORY = 10_000
+"""Links refused as too deep that this process remembers (see Resolver.too_deep)."""
 
 Wanted = dict[str, set[str]]
 
@@ -51,21 +60,28 @@ class Resolver:
         self.cache = cache if cache is not None else AliasCache(cache_size)
         self.max_depth = max_depth
         self.rules = rules if rules is not None else LinkRules()
+        self.too_deep = AliasCache(REFUSAL_MEMORY)
+        """prev -> user of links refused as too deep: the refusal is final (heights only
+        grow while prev stays a root), so the worker's planner predicts it next time."""
         self.round_trips = 0
         self._link_script = client.register_script(LINK_LUA)
 
     def key(self, tenant: str) -> str:
         return self.key_prefix + tenant
 
+    def heights_key(self, tenant: str) -> str:
+        return heights_key(self.key(tenant))
+
     def fetch(self, wanted: Wanted, *, refresh: bool = False) -> None:
         """Learn the links of ``wanted`` ids and follow them to roots.
 
         With ``refresh`` every id met is read from Redis once in this call, so roots the
-        cache already held are re-verified; without it only unknown ids are read.
+        cache already held are re-verified; without it only unknown ids are read. No id is
+        read twice in one call, so this ends on any map, cycles included.
         """
         seen: Wanted = {}
         rounds = 0
-        while wanted and rounds <= self.max_depth:
+        while wanted:
             order = [(tenant, list(ids)) for tenant, ids in wanted.items()]
             pipe = self.client.pipeline(transaction=False)
             for tenant, ids in order:
@@ -75,7 +91,7 @@ class Resolver:
             wanted = {}
             for (tenant, ids), values in zip(order, replies, strict=True):
                 seen.setdefault(tenant, set()).update(ids)
-                self._learn(tenant, ids, values, wanted, seen[tenant] if refresh else None)
+                self._learn(tenant, ids, values, wanted, seen[tenant], refresh)
         self.round_trips += rounds
 
     def _learn(
@@ -84,7 +100,8 @@ class Resolver:
         ids: list[str],
         values: list[Any],
         wanted: Wanted,
-        seen: set[str] | None,
+        seen: set[str],
+        refresh: bool,
     ) -> None:
         cache = self.cache
         for uid, value in zip(ids, values, strict=True):
@@ -93,8 +110,7 @@ class Resolver:
                 continue
             target = decode_id(value)
             cache.put(tenant, uid, target)
-            follow = target not in seen if seen is not None else cache.get(tenant, target) is None
-            if follow:
+            if target not in seen and (refresh or cache.get(tenant, target) is None):
                 wanted.setdefault(tenant, set()).add(target)
 
     def resolve_many(self, tenant: str, ids: Sequence[str]) -> list[str]:
@@ -107,7 +123,7 @@ class Resolver:
         return self.resolve_many(tenant, [uid])[0]
 
     def _walk(self, tenant: str, uid: str) -> tuple[str, End, int, bool]:
-        return walk(self.cache, tenant, uid, self.max_depth)
+        return walk(self.cache, tenant, uid)
 
     def _resolve_local(self, tenant: str, uid: str) -> str:
         end, how, hops, _ = self._walk(tenant, uid)
@@ -116,11 +132,12 @@ class Resolver:
         return end
 
     def chain(self, tenant: str, uid: str) -> list[str]:
-        """The whole path from ``uid`` to its root, read from Redis (uncached, for humans)."""
+        """The whole path from ``uid`` to its root, read from Redis (uncached, for humans);
+        on a foreign cycle it ends at the first id seen twice."""
         path = [uid]
         seen = {uid}
         key = self.key(tenant)
-        while len(path) <= self.max_depth:
+        while True:
             value = self.client.hget(key, encode_id(path[-1]))
             if value is None:
                 break
@@ -138,17 +155,22 @@ class Resolver:
         if previous_user_id == user_id:
             return LinkOutcome.NOOP
         reply = self._link_script(
-            keys=[self.key(tenant)], args=[self.max_depth, previous_user_id, user_id]
+            keys=[self.key(tenant), self.heights_key(tenant)],
+            args=[self.max_depth, previous_user_id, user_id],
         )
         outcome = LinkOutcome(decode_id(reply[0]))
         if outcome is LinkOutcome.APPLIED:
             self.cache.put(tenant, previous_user_id, user_id)
+        elif outcome is LinkOutcome.TOO_DEEP:
+            self.too_deep.put(tenant, previous_user_id, user_id)
         return outcome
 
     def forget(self, tenants: Iterable[str] | None = None) -> None:
         """Drop cached paths (all, or of some tenants): call after removing links."""
         if tenants is None:
             self.cache.clear()
+            self.too_deep.clear()
             return
         for tenant in tenants:
             self.cache.forget_tenant(tenant)
+            self.too_deep.forget_tenant(tenant)

@@ -24,20 +24,32 @@ class End(IntEnum):
     UNKNOWN = 1
     """At an id the cache knows nothing about: fetch it."""
     CYCLE = 2
-    """The chain loops (or exceeds the depth cap): the answer is deterministic but degenerate."""
+    """The chain loops (a cycle someone else wrote): the answer is its smallest member."""
+
+
+FAST_HOPS = 64
+"""Hops walked before the walk starts watching for loops. Chains the link rules write are at
+most ``STITCH_MAX_CHAIN_DEPTH`` links (and compressed in the cache), so only foreign data pays."""
 
 
 def walk(
     cache: AliasCache,
     tenant: str,
     uid: str,
-    max_depth: int,
     overlay: dict[str, str] | None = None,
 ) -> tuple[str, End, int, bool]:
-    """Follow ``uid`` through ``overlay`` then ``cache``; return (end, how, hops, used_overlay)."""
+    """Follow ``uid`` through ``overlay`` then ``cache`` to the true end of what they hold;
+    return (end, how, hops, used_overlay).
+
+    There is no depth cap: every hop the cache holds is a fact (``id -> a node on its
+    chain``), so walking to the end gives the same answer however much of the chain was
+    compressed, and only a real cycle stops a walk early.
+    """
     node = uid
     used_overlay = False
-    for hops in range(max_depth + 1):
+    hops = 0
+    seen: set[str] | None = None
+    while True:
         nxt = None
         if overlay is not None:
             nxt = overlay.get(node)
@@ -51,30 +63,35 @@ def walk(
                 return node, End.UNKNOWN, hops, used_overlay
         if nxt == node:
             return node, End.ROOT, hops, used_overlay
+        hops += 1
+        if hops > FAST_HOPS:
+            if seen is None:
+                seen = set()
+            elif nxt in seen:
+                end = cycle_representative(cache, tenant, nxt, overlay)
+                return end, End.CYCLE, hops, used_overlay
+            seen.add(nxt)
         node = nxt
-    end = cycle_representative(cache, tenant, uid, max_depth, overlay)
-    return end, End.CYCLE, max_depth, used_overlay
 
 
 def cycle_representative(
     cache: AliasCache,
     tenant: str,
-    uid: str,
-    max_depth: int,
+    member: str,
     overlay: dict[str, str] | None = None,
 ) -> str:
-    """The smallest id on the loop reached from ``uid`` (or the node at the depth cap).
+    """The smallest id on the loop through ``member``: whichever member of a foreign cycle a
+    caller starts from, it gets the same answer."""
+    loop = [member]
+    node = _next(cache, tenant, member, overlay)
+    while node is not None and node != member:
+        loop.append(node)
+        node = _next(cache, tenant, node, overlay)
+    return min(loop)
 
-    Whichever member of a foreign cycle a caller starts from, it gets the same answer.
-    """
-    seen: dict[str, int] = {}
-    path: list[str] = []
-    node: str | None = uid
-    while node is not None and node not in seen and len(path) <= max_depth * 2:
-        seen[node] = len(path)
-        path.append(node)
-        nxt = overlay.get(node) if overlay is not None else None
-        node = nxt if nxt is not None else cache.get(tenant, node)
-    if node is not None and node in seen:
-        return min(path[seen[node] :])
-    return path[min(max_depth, len(path) - 1)]
+
+def _next(
+    cache: AliasCache, tenant: str, node: str, overlay: dict[str, str] | None
+) -> str | None:
+    nxt = overlay.get(node) if overlay is not None else None
+    return nxt if nxt is not None else cache.get(tenant, node)

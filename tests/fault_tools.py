@@ -150,7 +150,8 @@ def record_alias_writes(
     connect: Callable[[], redis.Redis],
 ) -> Iterator[list[tuple[str, str, str]]]:
     """Every HSET on an ``alias:<tenant>`` hash that Redis executes (scripts included), seen
-    through MONITOR, as (tenant, previous id, user id) in execution order.
+    through MONITOR, as (tenant, previous id, user id) in execution order; not on its
+    ``alias:<tenant>:heights`` hash (tenants never contain ':').
 
     A black-box record of the links that were applied, whichever replica applied them.
     """
@@ -169,7 +170,7 @@ def record_alias_writes(
                     if token in words:
                         return
                     if len(words) >= 4 and words[0].upper() == "HSET" \
-                            and words[1].startswith("alias:"):
+                            and words[1].startswith("alias:") and ":" not in words[1][6:]:
                         tenant = words[1].removeprefix("alias:")
                         pairs = words[2:]
                         writes.extend((tenant, pairs[i], pairs[i + 1])

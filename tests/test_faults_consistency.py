@@ -39,7 +39,7 @@ from worker.committer import MAX_STALE_RETRIES, Committer
 
 pytestmark = pytest.mark.redis_server
 
-OUTCOMES = ("applied", "noop", "conflict", "cycle", "placeholder")
+OUTCOMES = ("applied", "noop", "conflict", "cycle", "too_deep", "placeholder")
 STALE_RETRIES = MAX_STALE_RETRIES
 
 

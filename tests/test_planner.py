@@ -15,7 +15,7 @@ from worker.committer import Committed
 from worker.config import Settings
 from worker.parser import Entry, Parser
 from worker.planner import Plan, Planner
-from worker.scripts import COMMIT_SHA, FIXED_KEYS, CommitCommand
+from worker.scripts import COMMIT_SHA, FIXED_KEYS, KEYS_PER_TENANT, CommitCommand
 
 CacheContents = dict[str, dict[str, str]]
 """tenant -> {id: target}; ``id: id`` is a root."""
@@ -33,7 +33,6 @@ def make_planner(cache: CacheContents | None = None, **overrides: Any) -> Planne
         LinkRules(s.placeholders),
         CommitCommand(s),
         key_prefix=s.alias_prefix,
-        max_depth=s.max_chain_depth,
         forward_identify=s.forward_identify,
     )
 
@@ -106,7 +105,7 @@ def decode(plan: Plan) -> Commit:
     args = resp_args(plan.packed)
     assert args[:2] == [b"EVALSHA", COMMIT_SHA.encode()]
     n_keys = int(args[2])
-    assert n_keys == FIXED_KEYS + len(plan.tenants)
+    assert n_keys == FIXED_KEYS + KEYS_PER_TENANT * len(plan.tenants)
     keys, argv = args[3 : 3 + n_keys], args[3 + n_keys :]
     fixed, n_verify, n_entries = argv[:4], int(argv[4]), int(argv[5])
     i = 6
@@ -344,7 +343,10 @@ def test_packed_layout() -> None:
     plan = make_planner({"b": {"x": "x"}}, max_chain_depth=9).plan(batch)
     commit = decode(plan)
     assert plan.tenants == ("b", "a")
-    assert commit.keys == [b"events", b"events:enriched", b"events:dead", b"alias:b", b"alias:a"]
+    assert commit.keys == [
+        *(b"events", b"events:enriched", b"events:dead"),
+        *(b"alias:b", b"alias:b:heights", b"alias:a", b"alias:a:heights"),
+    ]
     assert commit.fixed_args == [
         s.group.encode(),
         str(s.output_maxlen).encode(),

@@ -1,8 +1,9 @@
 """Property tests: random identify/event streams through real workers vs a plain reference model.
 
 The model applies the contract literally, one entry at a time: placeholders and self-links
-refused, the first link of an id stands, links that would close a cycle are refused, and
-every event resolves by walking the map as it stands at that event's position.
+refused, the first link of an id stands, links that would close a cycle or make any chain
+longer than the cap are refused, and every event resolves by walking the map as it stands at
+that event's position to its end (a cycle written by someone else: its smallest member).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from resolver import PlaceholderRule
+from resolver.heights import measure
 from tests.helpers import (
     INPUT,
     add,
@@ -33,7 +35,8 @@ from worker import Worker
 
 IDS = ["a", "b", "c", "d", "e", "null", "Guest"]
 TENANTS = ["t1", "t2"]
-MAX_DEPTH = 32
+CAPS = st.sampled_from([1, 2, 16])
+"""Small caps make too_deep refusals (and the stale predictions they cause) common."""
 
 Op = tuple[str, str, str, str]  # (kind, tenant, user_id, previous_user_id)
 
@@ -70,15 +73,30 @@ class Model:
     links: dict[str, dict[str, str]] = field(default_factory=dict)
     outcomes: Counter[str] = field(default_factory=Counter)
     is_placeholder: PlaceholderRule = field(default_factory=PlaceholderRule)
+    cap: int = 16
+
+    def path(self, tenant: str, uid: str) -> list[str]:
+        """uid and every id after it, up to the end or the first id seen twice."""
+        links, path, seen = self.links.get(tenant, {}), [uid], {uid}
+        while path[-1] in links and links[path[-1]] not in seen:
+            path.append(links[path[-1]])
+            seen.add(path[-1])
+        return path
 
     def resolve(self, tenant: str, uid: str) -> str:
-        links, node, seen = self.links.get(tenant, {}), uid, {uid}
-        while node in links:
-            node = links[node]
-            if node in seen:
-                raise AssertionError("the model never holds a cycle")
-            seen.add(node)
-        return node
+        links, path = self.links.get(tenant, {}), self.path(tenant, uid)
+        if path[-1] not in links:
+            return path[-1]
+        loop_start = path.index(links[path[-1]])
+        return min(path[loop_start:])
+
+    def height(self, tenant: str, root: str) -> int:
+        """The longest chain that ends at ``root``."""
+        return max(
+            (p.index(root) for uid in self.links.get(tenant, {})
+             if root in (p := self.path(tenant, uid))),
+            default=0,
+        )  # fmt: skip
 
     def identify(self, tenant: str, user: str, prev: str) -> None:
         links = self.links.setdefault(tenant, {})
@@ -90,6 +108,8 @@ class Model:
             outcome = "conflict"
         elif self.resolve(tenant, user) == prev:
             outcome = "cycle"
+        elif self.height(tenant, prev) + len(self.path(tenant, user)) > self.cap:
+            outcome = "too_deep"  # prev's deepest id would be height + 1 + depth(user) deep
         else:
             links[prev] = user
             outcome = "applied"
@@ -97,6 +117,19 @@ class Model:
 
 
 Schedule = list[tuple[int, int]]  # (batch size, which replica reads it), repeated
+
+
+def stored_heights(client: redis.Redis, tenant: str) -> dict[str, str]:
+    raw = client.hgetall(f"alias:{tenant}:heights")
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def expected_heights(links: dict[str, str], cap: int) -> dict[str, str]:
+    """What link_rules.lua must have kept: each root's tree height, and the link count."""
+    if not links:
+        return {}
+    heights = {root: str(h) for root, h in measure(links, cap).heights.items()}
+    return {**heights, "": str(len(links))}
 
 
 def run_workers(
@@ -179,6 +212,7 @@ def check(
     *,
     pipelined: bool = False,
     forward_identify: bool = False,
+    cap: int = 16,
 ) -> None:
     """The workers' results equal the model's, applied in the order entries committed.
 
@@ -193,7 +227,9 @@ def check(
         for kind, tenant, user, prev in ops
     ]
     runner = run_pipelined_workers if pipelined else run_workers
-    workers = runner(client, replicas, schedule, forward_identify=forward_identify)
+    workers = runner(
+        client, replicas, schedule, forward_identify=forward_identify, max_chain_depth=cap
+    )
     order = [e["source_id"] for e in output(client)] if forward_identify else ids
     assert sorted(order) == sorted(ids)  # every entry exactly once
     if not (pipelined and replicas > 1):
@@ -201,7 +237,7 @@ def check(
     for committed in COMMITTED.values():  # each replica keeps its own stream order
         assert committed == sorted(committed)
     op_of = dict(zip(ids, ops, strict=True))
-    model = Model()
+    model = Model(cap=cap)
     expected: dict[str, str] = {}
     for source in order:
         kind, tenant, user, prev = op_of[source]
@@ -212,6 +248,7 @@ def check(
     for tenant in TENANTS:
         stored = {k.decode(): v.decode() for k, v in client.hgetall(f"alias:{tenant}").items()}
         assert stored == model.links.get(tenant, {})
+        assert stored_heights(client, tenant) == expected_heights(stored, cap)
     assert resolved_by_source(client) == expected
     outcomes: Counter[str] = Counter()
     for worker in workers:
@@ -228,6 +265,7 @@ def check(
     replicas=st.integers(1, 3),
     schedule=schedules,
     forward=st.booleans(),
+    cap=CAPS,
 )
 # replica 0 caches "a" as a root, replica 1 links it, replica 0 must follow the link
 @example(
@@ -235,12 +273,27 @@ def check(
     replicas=2,
     schedule=[(1, 0), (1, 1), (1, 0)],
     forward=False,
+    cap=16,
 )
+# the cache knows both roots, so the planner predicts the link applies; the script refuses
+# it as too deep (a-b-c is 2 links already): stale once, then remembered
+@example(
+    ops=[
+        ("identify", "t1", "b", "a"), ("identify", "t1", "c", "b"), ("event", "t1", "c", ""),
+        ("event", "t1", "d", ""), ("identify", "t1", "d", "c"), ("event", "t1", "c", ""),
+    ],
+    replicas=1,
+    schedule=[(3, 0), (1, 0), (2, 0)],
+    forward=False,
+    cap=2,
+)  # fmt: skip
 def test_workers_match_the_model_on_fakeredis(
-    ops: list[Op], replicas: int, schedule: Schedule, forward: bool
+    ops: list[Op], replicas: int, schedule: Schedule, forward: bool, cap: int
 ) -> None:
     """Any stream, any batching, any mix of replicas with their own caches: same as the model."""
-    check(fakeredis.FakeRedis(protocol=2), ops, replicas, schedule, forward_identify=forward)
+    check(
+        fakeredis.FakeRedis(protocol=2), ops, replicas, schedule, forward_identify=forward, cap=cap
+    )
 
 
 @pytest.mark.redis_server
@@ -254,26 +307,39 @@ def test_workers_match_the_model_on_fakeredis(
     replicas=st.integers(1, 3),
     schedule=schedules,
     forward=st.booleans(),
+    cap=CAPS,
 )
 def test_workers_match_the_model_on_real_redis(
-    redis_server: RedisServer, ops: list[Op], replicas: int, schedule: Schedule, forward: bool
+    redis_server: RedisServer,
+    ops: list[Op],
+    replicas: int,
+    schedule: Schedule,
+    forward: bool,
+    cap: int,
 ) -> None:
     """The same property on a real redis-server, where the Lua commit really runs."""
-    check(redis_server.client(), ops, replicas, schedule, forward_identify=forward)
+    check(redis_server.client(), ops, replicas, schedule, forward_identify=forward, cap=cap)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=ops_strategy, batch_size=st.integers(1, 6), forward=st.booleans())
-def test_the_daemon_loop_matches_the_model(ops: list[Op], batch_size: int, forward: bool) -> None:
+@given(ops=ops_strategy, batch_size=st.integers(1, 6), forward=st.booleans(), cap=CAPS)
+def test_the_daemon_loop_matches_the_model(
+    ops: list[Op], batch_size: int, forward: bool, cap: int
+) -> None:
     """The pipelined loop (plan N+1 while N commits) gives exactly the sequential answer."""
     check(
         fakeredis.FakeRedis(protocol=2), ops, 1, [(batch_size, 0)],
-        pipelined=True, forward_identify=forward,
+        pipelined=True, forward_identify=forward, cap=cap,
     )  # fmt: skip
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.one_of(contested_ops, ops_strategy), replicas=st.integers(2, 3), schedule=schedules)
+@given(
+    ops=st.one_of(contested_ops, ops_strategy),
+    replicas=st.integers(2, 3),
+    schedule=schedules,
+    cap=CAPS,
+)
 # replica 0's queued batch predicts a link that replica 1 makes stale first
 @example(
     ops=[
@@ -283,14 +349,15 @@ def test_the_daemon_loop_matches_the_model(ops: list[Op], batch_size: int, forwa
     ],
     replicas=2,
     schedule=[(1, 0), (1, 1), (2, 0)],
+    cap=16,
 )  # fmt: skip
 def test_interleaved_daemon_loops_match_the_model(
-    ops: list[Op], replicas: int, schedule: Schedule
+    ops: list[Op], replicas: int, schedule: Schedule, cap: int
 ) -> None:
     """Several pipelined replicas whose queued plans go stale under each other's links."""
     check(
         fakeredis.FakeRedis(protocol=2), ops, replicas, schedule,
-        pipelined=True, forward_identify=True,
+        pipelined=True, forward_identify=True, cap=cap,
     )  # fmt: skip
 
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Accountant"]
 
-REFUSED = (LinkOutcome.CONFLICT, LinkOutcome.CYCLE)
+REFUSED = (LinkOutcome.CONFLICT, LinkOutcome.CYCLE, LinkOutcome.TOO_DEEP)
 
 
 class Accountant:

@@ -46,6 +46,8 @@ class Stale(NamedTuple):
 
     links: list[int]
     """0-based indexes of links whose predicted outcome was wrong."""
+    too_deep: list[int] = []  # noqa: RUF012 (a NamedTuple default, never mutated)
+    """Those of ``links`` the script refused as too deep (the planner remembers them)."""
 
 
 class Sink(Protocol):
@@ -65,6 +67,14 @@ def _learned(flat: list[Any]) -> list[tuple[int, str, str | None]]:
         if uid is not None and (target is not None or raw_target is None):
             learned.append((int(flat[k]), uid, target))
     return learned
+
+
+def _stale(links: list[Any]) -> Stale:
+    """From the script's {link ordinal, current target, outcome} triples."""
+    return Stale(
+        [int(link[0]) - 1 for link in links],
+        [int(link[0]) - 1 for link in links if link[2] == b"too_deep"],
+    )
 
 
 class Committer:
@@ -87,7 +97,7 @@ class Committer:
         if isinstance(reply, ResponseError):
             raise reply
         if reply[0] != 1:
-            return Stale([int(n) - 1 for n, _ in reply[1]])
+            return _stale(reply[1])
         return Committed(
             int(reply[1]),
             int(reply[2]),
@@ -107,7 +117,7 @@ class Committer:
 
     def forget_stale(self, plan: Plan, stale: Stale) -> None:
         self._stale_commits.inc()
-        self._planner.forget({plan.links[n][0] for n in stale.links})
+        self._planner.learn_stale(plan, stale)
         self._log.info("commit found stale links, retrying", links=len(stale.links))
 
     def commit_now(self, entries: list[Entry], started: float | None = None) -> bool:

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from resolver import DEFAULT_MAX_DEPTH
+
 from .errors import ConfigError
 
 __all__ = ["DEPRECATED", "ENV_PREFIX", "Settings", "StitchDeprecationWarning", "env_name"]
@@ -41,7 +43,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
     block_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 2_000
     cache_size: Annotated[int, msgspec.Meta(ge=2)] = 1_000_000
-    max_chain_depth: Annotated[int, msgspec.Meta(ge=1, le=1_000)] = 32
+    max_chain_depth: Annotated[int, msgspec.Meta(ge=1, le=1_000)] = DEFAULT_MAX_DEPTH
     max_event_bytes: PositiveInt = 64 * 1024
     forward_identify: bool = False
     extra_placeholders: str = ""

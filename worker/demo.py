@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from resolver import Resolver
+from resolver.heights import alias_keys
 
 from .app import run
 from .config import Settings
@@ -151,8 +152,8 @@ def _report(client: Any, settings: Settings) -> None:
     print("\n== dead letters (error_code: message)")
     for _, fields in dead:
         print(f"   {fields[b'error'].decode()}")
-    keys = sorted(client.scan_iter(match=settings.alias_prefix + "*"))
-    tenants = [(key, key.decode().removeprefix(settings.alias_prefix)) for key in keys]
+    keys = alias_keys(client, settings.alias_prefix)
+    tenants = [(key, key.removeprefix(settings.alias_prefix)) for key in keys]
     print("\n== alias links (previous_user_id -> user_id)")
     for key, tenant in tenants:
         for prev, user in sorted(client.hgetall(key).items()):

@@ -152,7 +152,7 @@ class Metrics:
         )
         self.resolver_cycles = Counter(
             "stitch_resolver_cycles",
-            "Resolutions that met a cycle or exceeded the depth cap in the alias map.",
+            "Resolutions that met a cycle (written by someone else) in the alias map.",
             registry=r,
         )
         self.cache_hits = Counter(

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from resolver import UNRESOLVED, AliasCache, End, walk
+from resolver.heights import heights_key
 from resolver.links import LinkOutcome, LinkRules
+from resolver.resolver import REFUSAL_MEMORY
 
 from .parser import Entry, Kind
 from .scripts import CommitCommand
 
 if TYPE_CHECKING:
-    from .committer import Committed
+    from .committer import Committed, Stale
 
 __all__ = ["Plan", "Planner"]
 
@@ -84,10 +86,13 @@ class _Draft:
         self.own_links: dict[str, dict[str, str]] = {}
 
     def tenant_number(self, tenant: str, key_prefix: str) -> int:
+        """The tenant's ordinal in the commit: its alias hash and that hash's heights hash
+        are the KEYS_PER_TENANT keys at KEYS[FIXED_KEYS + KEYS_PER_TENANT * (n - 1) + 1..]."""
         number = self.tenants.get(tenant)
         if number is None:
-            self.alias_keys.append(key_prefix + tenant)
-            number = self.tenants[tenant] = len(self.alias_keys)
+            alias_key = key_prefix + tenant
+            self.alias_keys.extend((alias_key, heights_key(alias_key)))
+            number = self.tenants[tenant] = len(self.tenants) + 1
         return number
 
     def assume(self, tenant: str, prev: str, target: str) -> None:
@@ -119,7 +124,7 @@ class Planner:
     it read so the cache learns it (:meth:`learn`): every batch costs one round trip.
     """
 
-    __slots__ = ("cache", "command", "forward_identify", "key_prefix", "max_depth", "rules")
+    __slots__ = ("cache", "command", "forward_identify", "key_prefix", "rules", "too_deep")
 
     def __init__(
         self,
@@ -128,14 +133,15 @@ class Planner:
         command: CommitCommand,
         *,
         key_prefix: str,
-        max_depth: int,
         forward_identify: bool,
     ) -> None:
         self.cache = cache
+        self.too_deep = AliasCache(REFUSAL_MEMORY)
+        """prev -> user of links refused as too deep: final (heights only grow while prev
+        stays a root), so the next plan predicts the refusal instead of going stale again."""
         self.rules = rules
         self.command = command
         self.key_prefix = key_prefix
-        self.max_depth = max_depth
         self.forward_identify = forward_identify
 
     def plan(self, entries: list[Entry], after: Plan | None = None) -> Plan:
@@ -169,6 +175,15 @@ class Planner:
             if outcome is LinkOutcome.APPLIED:
                 cache.put(tenant, prev, user)
 
+    def learn_stale(self, plan: Plan, stale: Stale) -> None:
+        """After a stale verdict: remember links refused as too deep (the cache was right,
+        only heights it cannot see were not), forget the tenants of the others."""
+        deep = set(stale.too_deep)
+        self.forget({plan.links[n][0] for n in stale.links if n not in deep})
+        for n in deep:
+            tenant, prev, user = plan.links[n]
+            self.too_deep.put(tenant, prev, user)
+
     def forget(self, tenants: Iterable[str] | None = None) -> None:
         """Drop cached paths (of some tenants, or all): what Redis holds may have changed."""
         if tenants is None:
@@ -193,7 +208,7 @@ class Planner:
         if (overlay is None or uid not in overlay) and self.cache.get(tenant, uid) == uid:
             end, how, hops, used_overlay = uid, End.ROOT, 0, False  # the common case
         else:
-            end, how, hops, used_overlay = walk(self.cache, tenant, uid, self.max_depth, overlay)
+            end, how, hops, used_overlay = walk(self.cache, tenant, uid, overlay)
         if how is not End.ROOT:
             draft.deferred += 1
             return None
@@ -228,6 +243,8 @@ class Planner:
             draft.assume(tenant, prev, UNRESOLVED)
         elif user_end == prev:
             expect = REFUSED  # would close a cycle
+        elif self.too_deep.get(tenant, prev) == user:
+            expect = REFUSED  # refused as too deep before: heights only grow, so it still is
         else:
             expect = APPLIES
             draft.assume(tenant, prev, user)

@@ -16,14 +16,26 @@ from resolver.scripts import LINK_RULES_LUA, load_lua
 from .config import Settings
 from .wire import pack
 
-__all__ = ["COMMIT_LUA", "COMMIT_SHA", "DELCONSUMER_LUA", "FIXED_KEYS", "CommitCommand"]
+__all__ = [
+    "COMMIT_LUA",
+    "COMMIT_SHA",
+    "DELCONSUMER_LUA",
+    "FIXED_KEYS",
+    "KEYS_PER_TENANT",
+    "CommitCommand",
+]
 
 FIXED_KEYS = 3
-"""The input, output and dead-letter streams open every commit's KEYS; the alias hashes of
-the batch's tenants follow, addressed by the tenant's ordinal (``KEYS[FIXED_KEYS + n]``)."""
+"""The input, output and dead-letter streams open every commit's KEYS; KEYS_PER_TENANT keys
+per tenant of the batch follow, addressed by the tenant's ordinal n (see commit.lua)."""
+
+KEYS_PER_TENANT = 2
+"""A tenant's alias hash, then its heights hash (resolver/heights.py)."""
 
 COMMIT_LUA = (
-    f"local FIXED_KEYS = {FIXED_KEYS}\n" + LINK_RULES_LUA + load_lua("worker", "commit.lua")
+    f"local FIXED_KEYS, KEYS_PER_TENANT = {FIXED_KEYS}, {KEYS_PER_TENANT}\n"
+    + LINK_RULES_LUA
+    + load_lua("worker", "commit.lua")
 )
 COMMIT_SHA = hashlib.sha1(COMMIT_LUA.encode()).hexdigest()
 DELCONSUMER_LUA = load_lua("worker", "delconsumer.lua")
@@ -54,7 +66,7 @@ class CommitCommand:
         entries: Sequence[Any],
     ) -> bytes:
         """RESP for one commit; see commit.lua's header for the argument layout."""
-        n_keys = FIXED_KEYS + len(alias_keys)
+        n_keys = FIXED_KEYS + len(alias_keys)  # KEYS_PER_TENANT per tenant
         return pack(
             ("EVALSHA", COMMIT_SHA, n_keys, *self._fixed_keys, *alias_keys, *self._fixed_args,
              n_verify, n_entries, *verify, *entries)

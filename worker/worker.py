@@ -23,6 +23,7 @@ from .accounting import Accountant
 from .committer import Committer
 from .config import Settings
 from .health import Health
+from .measuring import measure_alias_maps
 from .metrics import Metrics
 from .outage import Reconnector
 from .parser import Parser
@@ -53,6 +54,7 @@ class Worker:
         self.log = log
         self.health = health if health is not None else Health(settings.stall_after_s)
         self._stop = threading.Event()
+        self._client = client
         self.stream = InputStream(client, settings.input_stream, settings.group, settings.consumer)
         parser = Parser(settings.max_event_bytes)
         self.cache = AliasCache(settings.cache_size)
@@ -61,7 +63,6 @@ class Worker:
             LinkRules(settings.placeholders),
             CommitCommand(settings),
             key_prefix=settings.alias_prefix,
-            max_depth=settings.max_chain_depth,
             forward_identify=settings.forward_identify,
         )
         self.accounts = Accountant(metrics, self.health, self.cache, log)
@@ -112,6 +113,7 @@ class Worker:
 
     def startup(self) -> None:
         self._with_reconnect(self.reconnection.connect)
+        self._with_reconnect(self._measure_alias_maps)
         self.log.info(
             "started",
             stream=self.settings.input_stream,
@@ -159,6 +161,12 @@ class Worker:
     def _drained(self) -> bool:
         self.pipeline.settle()
         return self.recovery.reclaim() == 0 and self.stream.own_pending() == 0
+
+    def _measure_alias_maps(self) -> int:
+        settings = self.settings
+        return measure_alias_maps(
+            self._client, settings.alias_prefix, settings.max_chain_depth, self.log
+        )
 
     def _with_reconnect(self, action: Callable[[], Any]) -> Any:
         return self._reconnector.run(action, when_stopped=0)

@@ -1,7 +1,14 @@
 -- Link rules shared by link.lua and the worker's commit.lua (prepended to both).
--- The alias map must stay a forest: the first link of an id stands, and a link that
--- would make an id reachable from itself is refused. `pending` holds links decided
--- earlier in the same script call so that a batch sees its own links in order.
+-- The alias map must stay a forest of bounded depth: the first link of an id stands, a link
+-- that would make an id reachable from itself is refused, and so is a link that would make
+-- any chain longer than max_depth links. `pending` holds what was decided earlier in the
+-- same script call (links, and heights; false = deleted) so a batch sees its own links.
+--
+-- Beside each alias hash lives its heights hash (the alias key + ':heights'): for every
+-- root with incoming links, the height of its tree (the longest chain ending there), and
+-- under the field '' (a placeholder, never an id) how many links it accounts for. Both are
+-- kept here, atomically with every link; resolver/heights.py measures a map whose link
+-- count does not match (one written by another program or an older version).
 
 local function link_target(key, id, pending)
   local staged = pending[key]
@@ -14,29 +21,83 @@ local function link_target(key, id, pending)
   return nil
 end
 
--- Returns 'applied' | 'noop' | 'conflict' | 'cycle', and the existing target on conflict.
-local function decide_link(key, prev, user, max_depth, pending)
+local function height_of(hkey, root, pending)
+  local staged = pending[hkey]
+  if staged then
+    local v = staged[root]
+    if v ~= nil then return v or 0 end
+  end
+  return tonumber(redis.call('HGET', hkey, root)) or 0
+end
+
+-- Returns 'applied' | 'noop' | 'conflict' | 'cycle' | 'too_deep', then the existing target
+-- on conflict; on 'applied' also user's root, the root's new height (false: unchanged) and
+-- prev's height.
+local function decide_link(key, hkey, prev, user, max_depth, pending)
   if prev == user then return 'noop' end
   local current = link_target(key, prev, pending)
   if current then
     if current == user then return 'noop' end
     return 'conflict', current
   end
-  local node = user
-  for _ = 1, max_depth do
-    node = link_target(key, node, pending)
-    if not node then return 'applied' end
-    if node == prev then return 'cycle' end
+  -- prev is a root: walk user to its root, counting links; prev on the way means a cycle
+  local node, depth, seen = user, 0, nil
+  while true do
+    local nxt = link_target(key, node, pending)
+    if not nxt then break end
+    if nxt == prev then return 'cycle' end
+    depth = depth + 1
+    if depth > max_depth then  -- only data written by someone else gets here: watch for loops
+      seen = seen or {}
+      if seen[nxt] then return 'cycle' end  -- user leads into a foreign cycle
+      seen[nxt] = true
+    end
+    node = nxt
   end
-  -- deeper than the cap (or an existing foreign cycle): refuse rather than risk one
-  return 'cycle'
+  -- prev's deepest descendant ends up height(prev) + 1 + depth links above the new root
+  local prev_height = height_of(hkey, prev, pending)
+  local height = prev_height + 1 + depth
+  if height > max_depth then return 'too_deep' end
+  if height_of(hkey, node, pending) >= height then height = false end
+  return 'applied', nil, node, height, prev_height
 end
 
-local function stage_link(key, prev, user, pending)
+local COUNTS = {}  -- a table as key: no key name can collide with it
+
+local function stage(pending, key, field, value)
   local staged = pending[key]
   if not staged then
     staged = {}
     pending[key] = staged
   end
-  staged[prev] = user
+  staged[field] = value
+end
+
+local function stage_link(key, hkey, prev, user, root, height, prev_height, pending)
+  stage(pending, key, prev, user)
+  if height then stage(pending, hkey, root, height) end
+  if prev_height > 0 then stage(pending, hkey, prev, false) end  -- no longer a root
+  local counts = pending[COUNTS]
+  if not counts then
+    counts = {}
+    pending[COUNTS] = counts
+  end
+  counts[hkey] = (counts[hkey] or 0) + 1
+end
+
+local function write_staged(pending)
+  local counts = pending[COUNTS]
+  pending[COUNTS] = nil
+  for key, staged in pairs(pending) do
+    for field, value in pairs(staged) do
+      if value then
+        redis.call('HSET', key, field, value)
+      else
+        redis.call('HDEL', key, field)
+      end
+    end
+  end
+  if counts then
+    for hkey, n in pairs(counts) do redis.call('HINCRBY', hkey, '', n) end
+  end
 end

@@ -9,9 +9,10 @@
 --    XACK every entry and emit only where XACK returned 1, so a redelivered or doubly claimed
 --    entry is never emitted twice.
 --
--- KEYS: the FIXED_KEYS streams (input, output, dead-letter; FIXED_KEYS is prepended by
---   worker/scripts.py), then one alias hash per tenant: tenant n's is KEYS[FIXED_KEYS + n].
--- ARGV: group, output maxlen, dead maxlen, max depth, n_verify, n_entries, then
+-- KEYS: the FIXED_KEYS streams (input, output, dead-letter), then KEYS_PER_TENANT keys per
+--   tenant: tenant n's alias hash and that hash's heights hash (both constants are prepended
+--   by worker/scripts.py; see alias_key and heights_key below).
+-- ARGV: group, output maxlen, dead maxlen, max chain depth, n_verify, n_entries, then
 --   n_verify groups: (tenant n, count, ids...)   roots the worker relied on
 --   n_entries x (id, action, n, the entry's n fields, action arguments):
 --     'e'  + root tenant: emit with resolved_user_id = root (followed first if it moved)
@@ -22,7 +23,8 @@
 --     'L'  + tenant prev user expect: link, then emit after resolving user here
 --   The worker sends each payload back with its verdict (cheaper for Redis than re-reading
 --   it): emitted and dead-lettered entries are written straight from ARGV.
--- Returns {0, {link ordinal, current}...} when a predicted link outcome was stale, else
+-- Returns {0, {link ordinal, current, outcome}...} when a predicted link outcome was stale,
+-- else
 -- {1, emitted, dead_lettered, {duplicate entry ordinals}, {outcome per link},
 --  {root, depth per resolved entry}, {tenant n, id, target or false per link read}}.
 
@@ -33,10 +35,17 @@ local n_verify, n_entries = tonumber(ARGV[5]), tonumber(ARGV[6])
 local i = 7
 local CHUNK = 4000  -- stays well below Lua's unpack() limit
 
+local function alias_key(n)
+  return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 1]
+end
+local function heights_key(n)
+  return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 2]
+end
+
 local moved = {}  -- key index -> set of roots that are linked now
 for _ = 1, n_verify do
   local index, count = ARGV[i], tonumber(ARGV[i + 1])
-  local key = KEYS[FIXED_KEYS + tonumber(index)]
+  local key = alias_key(index)
   for first = i + 2, i + 1 + count, CHUNK do
     local last = math.min(first + CHUNK - 1, i + 1 + count)
     local current = redis.call('HMGET', key, unpack(ARGV, first, last))
@@ -53,27 +62,34 @@ end
 local EXTRA = {e = 2, d = 2, a = 0, r = 2, l = 4, L = 4}
 local pending, learned = {}, {}
 
--- Resolve with the batch's earlier links; a foreign cycle resolves to its smallest member.
+-- Resolve to the true end of the chain, with the batch's earlier links; no depth cap, so the
+-- answer never depends on what the worker's cache had compressed. A foreign cycle resolves
+-- to its smallest member (byte order, like Python's min; Lua's `<` would follow the locale).
+local function bytes_less(a, b)
+  for k = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, k), string.byte(b, k)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
 local function resolve(index, key, id)
   local node, seen, path = id, {}, {}
-  for depth = 0, max_depth do
-    if seen[node] then
-      local smallest = node
-      for k = seen[node], #path do
-        if path[k] < smallest then smallest = path[k] end
-      end
-      return smallest, -1
-    end
+  while not seen[node] do
     path[#path + 1] = node
     seen[node] = #path
     local target = link_target(key, node, pending)
     learned[#learned + 1] = index
     learned[#learned + 1] = node
     learned[#learned + 1] = target or false
-    if not target then return node, depth end
+    if not target then return node, #path - 1 end
     node = target
   end
-  return node, max_depth
+  local smallest = node
+  for k = seen[node], #path do
+    if bytes_less(path[k], smallest) then smallest = path[k] end
+  end
+  return smallest, -1
 end
 
 local start = i
@@ -83,12 +99,16 @@ for n = 1, n_entries do
   local a = i + 3 + tonumber(ARGV[i + 2])  -- first action argument
   if action == 'l' or action == 'L' then
     local index = ARGV[a]
-    local key = KEYS[FIXED_KEYS + tonumber(index)]
+    local key = alias_key(index)
     local prev, user, expect = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-    local outcome, current = decide_link(key, prev, user, max_depth, pending)
-    if outcome == 'applied' then stage_link(key, prev, user, pending) end
+    local hkey = heights_key(index)
+    local outcome, current, root, height, prev_height =
+      decide_link(key, hkey, prev, user, max_depth, pending)
+    if outcome == 'applied' then
+      stage_link(key, hkey, prev, user, root, height, prev_height, pending)
+    end
     if expect ~= '?' and (outcome == 'applied') ~= (expect == '1') then
-      stale_links[#stale_links + 1] = {#outcomes + 1, current or false}
+      stale_links[#stale_links + 1] = {#outcomes + 1, current or false, outcome}
     end
     outcomes[#outcomes + 1] = outcome
     if action == 'L' then
@@ -100,11 +120,11 @@ for n = 1, n_entries do
   elseif action == 'e' then
     local root, index = ARGV[a], ARGV[a + 1]
     if moved[index] and moved[index][root] then
-      root = resolve(index, KEYS[FIXED_KEYS + tonumber(index)], root)
+      root = resolve(index, alias_key(index), root)
     end
     roots[n] = root
   elseif action == 'r' then
-    local root, depth = resolve(ARGV[a], KEYS[FIXED_KEYS + tonumber(ARGV[a])], ARGV[a + 1])
+    local root, depth = resolve(ARGV[a], alias_key(ARGV[a]), ARGV[a + 1])
     roots[n] = root
     resolved[#resolved + 1] = root
     resolved[#resolved + 1] = depth
@@ -116,11 +136,7 @@ if #stale_links > 0 then
   return {0, stale_links}
 end
 
-for key, staged in pairs(pending) do
-  for prev, user in pairs(staged) do
-    redis.call('HSET', key, prev, user)
-  end
-end
+write_staged(pending)
 
 -- XADD the entry's own fields (ARGV[first .. first + n - 1]) plus the pairs in `...`.
 -- The usual shapes (tenant + event [+ domain]) are spelled out: no table to build.
