@@ -210,7 +210,6 @@ def test_batch_left_pending_after_stale_retries_keeps_stream_order(
     """A batch that stays stale through every retry is left pending; the batches pipelined
     behind it wait for its recovery instead of overtaking it."""
     ids = [add(real_redis, "acme", event(f"user-{i}")) for i in range(8)]
-    worker = make_worker(real_redis, batch_size=2)
     real_pack, real_verdict = Committer.pack, Committer.verdict
     real_retries = Worker._commit_with_retries
     faults = {"pack": 1, "verdict": 1, "retries": 1}
@@ -237,6 +236,7 @@ def test_batch_left_pending_after_stale_retries_keeps_stream_order(
     monkeypatch.setattr(Committer, "pack", first_commit_refused)
     monkeypatch.setattr(Committer, "verdict", stale_once)
     monkeypatch.setattr(Worker, "_commit_with_retries", exhausted_once)
+    worker = make_worker(real_redis, batch_size=2)  # after the patches: it binds its methods
     worker.run(drain=True)
     assert faults == {"pack": 0, "verdict": 0, "retries": 0}
     assert [e["source_id"] for e in output(real_redis)] == ids

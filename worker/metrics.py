@@ -24,6 +24,10 @@ DEAD_LETTER_REASONS = (
     "event_not_json",
     "event_not_object",
     "event_too_large",
+    "event_too_deep",
+    "entry_too_large",
+    "too_many_fields",
+    "id_too_long",
     "missing_tenant",
     "invalid_tenant",
     "missing_user_id",
@@ -36,6 +40,7 @@ DEAD_LETTER_REASONS = (
     "missing_previous_user_id",
     "invalid_previous_user_id",
     "max_deliveries_exceeded",
+    "commit_failed",
     "invalid_event",
 )
 LATENCY_BUCKETS = (

@@ -33,6 +33,7 @@ from .outage import Reconnector
 from .parser import Entry, Parser
 from .planner import Plan, Planner
 from .scripts import DELCONSUMER_LUA, Script
+from .split import Splitter, entries_at_fault
 from .stream import InputStream, RawEntry, entries_of
 from .wire import PipelinedConnection, RoundTrip, pack
 
@@ -78,7 +79,7 @@ class Worker:
         self.stream = InputStream(client, settings.input_stream, settings.group, settings.consumer)
         self.wire = RoundTrip(client)
         self.channel = PipelinedConnection(client)
-        self.parser = Parser(settings.max_event_bytes)
+        self.parser = Parser.from_settings(settings)
         rules = LinkRules(settings.placeholders)
         self.resolver = Resolver(
             client,
@@ -90,6 +91,7 @@ class Worker:
         self.planner = Planner(self.resolver, rules, forward_identify=settings.forward_identify)
         self.committer = Committer(settings)
         self.accounts = Accountant(metrics, log)
+        self.splitter = Splitter(self._commit_with_retries, self._finish, log)
         self._stop = threading.Event()
         self._delconsumer = Script(DELCONSUMER_LUA)
         self._recover_pending = True
@@ -220,10 +222,16 @@ class Worker:
 
     def _verdict(self, sent: _Ready) -> Committed | _Redo:
         """The sent commit's verdict, or what became of it after it was found stale."""
-        result = self.committer.verdict(self.wire, sent.plan, self.channel.reply())
+        try:
+            result = self.committer.verdict(self.wire, sent.plan, self.channel.reply())
+        except ResponseError as exc:  # refused whole, nothing written: the splitter takes it
+            if not entries_at_fault(exc):
+                raise
+            result = None
         if isinstance(result, Committed):
             return result
-        self._forget_stale(sent.plan, result)
+        if result is not None:
+            self._forget_stale(sent.plan, result)
         return REDONE if self._commit_entries(sent.entries) else LEFT_PENDING
 
     @staticmethod
@@ -321,12 +329,11 @@ class Worker:
     def _commit_entries(self, entries: list[Entry]) -> bool:
         """Commit synchronously; False if the batch was left pending for recovery."""
         try:
-            plan, result = self._commit_with_retries(entries)
+            self.splitter.commit(entries)
         except StaleCommitError as exc:
             self.log.error("batch left pending, retried from the pending list", error=str(exc))
             self._recover_pending = True
             return False
-        self._finish(entries, plan, result)
         return True
 
     def _parse(
