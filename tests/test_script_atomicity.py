@@ -49,7 +49,8 @@ def _batch(client: redis.Redis) -> Batch:
         [ids[1], "r", len(payload), *payload, 4, "anon"],
         [ids[2], "d", len(payload), *payload, "event_not_json: x", "event_not_json"],
     ]
-    return {"keys": [INPUT, OUTPUT, DEAD, ALIAS], "fixed": ["stitch", 100, 100, 32], "entries": entries}
+    keys = [INPUT, OUTPUT, DEAD, ALIAS]
+    return {"keys": keys, "fixed": ["stitch", 100, 100, 32], "entries": entries}
 
 
 def _run(client: redis.Redis, batch: Batch) -> Any:
@@ -174,7 +175,7 @@ def test_link_script_fails_at_its_read_or_its_only_write(real_redis: redis.Redis
     real_redis.config_set("maxmemory-policy", "noeviction")
     real_redis.config_set("maxmemory", 1)
     try:
-        with pytest.raises(redis.ResponseError, match="OOM|used memory"):
+        with pytest.raises(redis.ResponseError, match=r"OOM|used memory"):
             link(real_redis, [ALIAS], [32, "anon", "real"])
     finally:
         real_redis.config_set("maxmemory", 0)
