@@ -8,7 +8,7 @@ MIN_VENV := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
 FAST := not slow and not redis_server and not prometheus
 
-.PHONY: install demo run test test-fast test-min lint bench bench-quick clean
+.PHONY: install demo run test test-fast test-min lint bench bench-quick fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ test-min: $(MIN_STAMP)  ## the fast tier at the lowest dependency versions pypro
 	$(MIN_VENV)/bin/python -m pytest -q -m "$(FAST)" -p no:cacheprovider
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check worker resolver tests bench
+	$(VENV)/bin/ruff check worker resolver tests bench fuzz
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)  ## throughput, latency, resolver, memory and replica figures in one run
@@ -49,5 +49,16 @@ bench: $(STAMP)  ## throughput, latency, resolver, memory and replica figures in
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick
 
+FUZZ_SECONDS ?= 60
+FUZZ_STAMP := $(VENV)/.fuzz-installed
+
+$(FUZZ_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,fuzz]'
+	touch $(FUZZ_STAMP)
+
+fuzz: $(FUZZ_STAMP)  ## the parser under atheris for FUZZ_SECONDS (not part of make test)
+	mkdir -p .fuzz-corpus
+	$(PY) fuzz/parser_fuzz.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 .fuzz-corpus
+
 clean:
-	rm -rf $(VENV) $(MIN_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(MIN_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info .fuzz-corpus

@@ -271,10 +271,35 @@ def test_invalid_entries(case: Invalid) -> None:
     assert parsed.fields is case.fields
 
 
+def test_one_field_over_the_bound_is_dead_lettered_without_its_payload() -> None:
+    """65 fields against the default 64: too_many_fields, and the dead letter drops the payload
+    (copying thousands of fields is what the bound prevents)."""
+    fields = [*entry(view()), *(value for k in range(63) for value in (b"f%d" % k, b"v"))]
+    parsed = Parser(LIMIT).parse(b"1-0", fields)
+    assert (parsed.kind, parsed.error_code, parsed.fields) == (
+        Kind.INVALID,
+        DeadLetter.TOO_MANY_FIELDS,
+        [],
+    )
+    assert parsed.error == "too_many_fields: entry has 65 fields, limit 64"
+    assert Parser(LIMIT).parse(b"1-1", fields[:-2]).kind is Kind.EVENT
+
+
+BOUNDS_ELSEWHERE = {
+    DeadLetter.EVENT_TOO_DEEP,
+    DeadLetter.ENTRY_TOO_LARGE,
+    DeadLetter.ID_TOO_LONG,
+}
+"""Bounds that need entries far past LIMIT: tests/test_hostile_entries.py has their cases."""
+
+
 def test_every_parser_code_has_a_case() -> None:
-    """The tables cover every DeadLetter code except the one recovery assigns."""
+    """The tables cover every DeadLetter code but the ones recovery and the committer assign
+    and the size bounds pinned with large entries in test_hostile_entries.py."""
     covered = {case.code for case in INVALID.values()}
-    assert covered == set(DeadLetter) - {DeadLetter.MAX_DELIVERIES_EXCEEDED}
+    assigned_elsewhere = {DeadLetter.MAX_DELIVERIES_EXCEEDED, DeadLetter.COMMIT_FAILED}
+    bounded = BOUNDS_ELSEWHERE | {DeadLetter.TOO_MANY_FIELDS}
+    assert covered == set(DeadLetter) - assigned_elsewhere - bounded
 
 
 def test_size_limit_is_inclusive() -> None:
@@ -356,6 +381,9 @@ PARTICULARS: dict[str, object] = {
     "kind": "list",
     "problem": "is empty",
     "delivered": 6,
+    "depth": 300,
+    "fields": 65,
+    "field": "user_id",
 }
 
 

@@ -18,7 +18,7 @@ from resolver.links import LinkOutcome
 from .errors import StaleCommitError
 from .parser import Entry
 from .planner import Plan, Planner
-from .scripts import COMMIT_LUA
+from .split import Splitter
 from .wire import RoundTrip
 
 __all__ = ["MAX_STALE_RETRIES", "Committed", "Committer", "Sink", "Stale"]
@@ -92,7 +92,7 @@ class Committer:
     def verdict(self, plan: Plan, reply: Any) -> Committed | Stale:
         """Interpret a reply; after a Redis restart (NOSCRIPT) load the script and run again."""
         if isinstance(reply, NoScriptError):
-            self._wire.call("SCRIPT", "LOAD", COMMIT_LUA)
+            self._wire.call("SCRIPT", "LOAD", self._planner.command.source)
             reply = self._wire.request(plan.packed)
         if isinstance(reply, ResponseError):
             raise reply
@@ -121,14 +121,20 @@ class Committer:
         self._log.info("commit found stale links, retrying", links=len(stale.links))
 
     def commit_now(self, entries: list[Entry], started: float | None = None) -> bool:
-        """Plan and commit, again while stale; False if the batch was left pending."""
-        started = time.monotonic() if started is None else started
+        """Plan and commit, again while stale; False if the batch was left pending.
+
+        A batch Redis refuses for something in it is committed in halves (see split.py).
+        """
+        begun = time.monotonic() if started is None else started
+
+        def finish(piece: list[Entry], plan: Plan, result: Committed) -> None:
+            self.finish(piece, plan, result, begun)
+
         try:
-            plan, result = self._commit_fresh(entries)
+            Splitter(self._commit_fresh, finish, self._log).commit(entries)
         except StaleCommitError as exc:
             self._log.error("batch left pending, retried from the pending list", error=str(exc))
             return False
-        self.finish(entries, plan, result, started)
         return True
 
     def _commit_fresh(self, entries: list[Entry]) -> tuple[Plan, Committed]:

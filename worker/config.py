@@ -14,7 +14,15 @@ from resolver import DEFAULT_MAX_DEPTH
 
 from .errors import ConfigError
 
-__all__ = ["DEPRECATED", "ENV_PREFIX", "Settings", "StitchDeprecationWarning", "env_name"]
+__all__ = [
+    "DEPRECATED",
+    "ENTRY_OVERHEAD",
+    "ENV_PREFIX",
+    "MAX_FIELDS_CAP",
+    "Settings",
+    "StitchDeprecationWarning",
+    "env_name",
+]
 
 ENV_PREFIX = "STITCH_"
 DEPRECATED = {"STITCH_SHUTDOWN_TIMEOUT": "shutdown_timeout_s"}
@@ -23,6 +31,13 @@ MIN_STALL_S = 30.0
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+ENTRY_OVERHEAD = 1_024
+"""Room an entry needs beside its event: field names, the tenant, a domain."""
+MAX_FIELDS_CAP = 1_000
+"""Field pairs per entry: commit.lua refuses more than 2,000 pairs (Lua's unpack limit is
+8,000 values), so the setting can never let through an entry the script cannot copy."""
+MAX_JSON_DEPTH_CAP = 500
+"""msgspec recurses once per level through CPython's recursion limit (1,000): stay well below."""
 
 
 def _default_consumer() -> str:
@@ -45,6 +60,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cache_size: Annotated[int, msgspec.Meta(ge=2)] = 1_000_000
     max_chain_depth: Annotated[int, msgspec.Meta(ge=1, le=1_000)] = DEFAULT_MAX_DEPTH
     max_event_bytes: PositiveInt = 64 * 1024
+    max_entry_bytes: PositiveInt = 128 * 1024
+    max_fields: Annotated[int, msgspec.Meta(ge=2, le=MAX_FIELDS_CAP)] = 64
+    max_id_bytes: Annotated[int, msgspec.Meta(ge=1, le=65_536)] = 256
+    max_json_depth: Annotated[int, msgspec.Meta(ge=1, le=MAX_JSON_DEPTH_CAP)] = 256
     forward_identify: bool = False
     extra_placeholders: str = ""
     output_maxlen: NonNegativeInt = 10_000_000
@@ -65,6 +84,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(
                 f"{env_name('redis_url')}: expected a redis://, rediss:// or unix:// URL, "
                 f"got {self.redis_url!r}"
+            )
+        if self.max_entry_bytes < self.max_event_bytes + ENTRY_OVERHEAD:
+            raise ConfigError(
+                f"{env_name('max_entry_bytes')}: {self.max_entry_bytes} leaves no room for an "
+                f"event of {env_name('max_event_bytes')} ({self.max_event_bytes}) and its "
+                f"tenant; make it at least {self.max_event_bytes + ENTRY_OVERHEAD}"
+            )
+        streams = (self.input_stream, self.output_stream, self.dead_stream)
+        clash = [name for name in streams if name.startswith(self.alias_prefix)]
+        if clash:
+            raise ConfigError(
+                f"{env_name('alias_prefix')}: stream {clash[0]!r} starts with the alias prefix "
+                f"{self.alias_prefix!r}, so a tenant's alias hash could be that stream"
             )
         if self.block_ms / 1000 >= self.shutdown_timeout_s:
             raise ConfigError(

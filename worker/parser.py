@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from enum import IntEnum
+from itertools import accumulate
 from typing import Any
 
 import msgspec
 
+from .config import ENTRY_OVERHEAD, Settings
 from .deadletters import MESSAGES, DeadLetter
 
 __all__ = ["Entry", "Kind", "Parser"]
@@ -22,6 +24,11 @@ TENANT_RE = re.compile(rb"[A-Za-z0-9_.-]{1,64}\Z")
 
 F_TENANT = b"tenant"
 F_EVENT = b"event"
+JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+BRACKETS = bytes.maketrans(b"[{]}", b"(())")
+NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+STEP = [0] * 256
+STEP[ord("(")], STEP[ord(")")] = 1, -1
 
 
 class Kind(IntEnum):
@@ -63,87 +70,205 @@ class Entry:
         self.error_code = DeadLetter.INVALID_EVENT
         self.error = ""
 
-    def reject(self, code: DeadLetter, **particulars: object) -> Entry:
+    def reject(
+        self, code: DeadLetter, *, keep_payload: bool = True, **particulars: object
+    ) -> Entry:
+        """Mark invalid; without ``keep_payload`` the dead letter carries none of the fields
+        (the payload itself is the problem: too large, too many fields, or it failed a commit).
+        """
         self.kind = Kind.INVALID
         self.error_code = code
         self.error = f"{code}: {MESSAGES[code].format(**particulars)}"
+        if not keep_payload:
+            self.fields = []
         return self
 
 
 class Parser:
-    """Turns raw XREADGROUP entries into :class:`Entry` objects."""
+    """Turns raw XREADGROUP entries into :class:`Entry` objects.
 
-    __slots__ = ("_decode", "_tenants", "max_event_bytes")
+    Every size-dependent thing is bounded here, before an entry reaches Redis again: field
+    count (Lua's unpack limit), entry and event bytes, JSON nesting (msgspec recurses once
+    per level and raises RecursionError past CPython's limit), and id bytes (an id becomes
+    an alias hash field).
+    """
 
-    def __init__(self, max_event_bytes: int) -> None:
+    __slots__ = (
+        "_decode",
+        "_deep_bytes",
+        "_id_chars",
+        "_max_values",
+        "_tenants",
+        "max_entry_bytes",
+        "max_event_bytes",
+        "max_id_bytes",
+        "max_json_depth",
+    )
+
+    def __init__(
+        self,
+        max_event_bytes: int,
+        *,
+        max_entry_bytes: int | None = None,
+        max_fields: int = 64,
+        max_id_bytes: int = 256,
+        max_json_depth: int = 256,
+    ) -> None:
         self.max_event_bytes = max_event_bytes
+        self.max_entry_bytes = max_entry_bytes or max_event_bytes + 64 * 1024
+        if self.max_entry_bytes < max_event_bytes + ENTRY_OVERHEAD:
+            raise ValueError("max_entry_bytes must leave ENTRY_OVERHEAD beside max_event_bytes")
+        self._max_values = 2 * max_fields
+        self.max_id_bytes = max_id_bytes
+        self._id_chars = max_id_bytes // 4
+        """A str this short fits in max_id_bytes whatever it holds: no need to encode it."""
+        self.max_json_depth = max_json_depth
+        self._deep_bytes = 2 * max_json_depth + 1
+        """Valid JSON nesting deeper than the limit needs at least this many bytes."""
         self._decode = msgspec.json.Decoder(_Fields).decode
         self._tenants: dict[bytes, str] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Parser:
+        return cls(
+            settings.max_event_bytes,
+            max_entry_bytes=settings.max_entry_bytes,
+            max_fields=settings.max_fields,
+            max_id_bytes=settings.max_id_bytes,
+            max_json_depth=settings.max_json_depth,
+        )
 
     def parse(self, entry_id: bytes, fields: list[bytes] | None) -> Entry:
         entry = Entry(entry_id, fields)
         if fields is None:
             entry.kind = Kind.GONE
             return entry
+        n = len(fields)
+        if n > self._max_values:
+            return entry.reject(
+                DeadLetter.TOO_MANY_FIELDS,
+                keep_payload=False,
+                fields=n // 2,
+                limit=self._max_values // 2,
+            )
         raw_tenant: bytes | None
         raw: bytes | None
-        if len(fields) >= 4 and fields[0] == F_TENANT and fields[2] == F_EVENT:
-            raw_tenant, raw = fields[1], fields[3]  # the ingestion API's order: no dict needed
+        if n == 4 and fields[0] == F_TENANT and fields[2] == F_EVENT:
+            # the ingestion API's shape: no dict, and no size to add up, as a known tenant
+            # (64 bytes at most) and an event within max_event_bytes always fit the entry
+            raw_tenant, raw = fields[1], fields[3]
         else:
-            it = iter(fields)
-            pairs = dict(zip(it, it, strict=False))
-            raw_tenant, raw = pairs.get(F_TENANT), pairs.get(F_EVENT)
-        tenant = self._tenant(raw_tenant)
+            size = sum(map(len, fields))
+            if size > self.max_entry_bytes:
+                return _too_large(entry, size, self.max_entry_bytes)
+            if n >= 4 and fields[0] == F_TENANT and fields[2] == F_EVENT:
+                raw_tenant, raw = fields[1], fields[3]
+            else:
+                it = iter(fields)
+                pairs = dict(zip(it, it, strict=False))
+                raw_tenant, raw = pairs.get(F_TENANT), pairs.get(F_EVENT)
+        tenant = self._tenants.get(raw_tenant) if raw_tenant is not None else None
         if tenant is None:
-            if raw_tenant is None:
-                return entry.reject(DeadLetter.MISSING_TENANT)
-            return entry.reject(DeadLetter.INVALID_TENANT)
+            tenant = self._tenant(raw_tenant)
+            if tenant is None:
+                if raw_tenant is None:
+                    return entry.reject(DeadLetter.MISSING_TENANT)
+                if n == 4 and sum(map(len, fields)) > self.max_entry_bytes:
+                    return _too_large(entry, sum(map(len, fields)), self.max_entry_bytes)
+                return entry.reject(DeadLetter.INVALID_TENANT)
         entry.tenant = tenant
         if raw is None:
             return entry.reject(DeadLetter.MISSING_EVENT)
         if len(raw) > self.max_event_bytes:
+            if n == 4 and sum(map(len, fields)) > self.max_entry_bytes:
+                return _too_large(entry, sum(map(len, fields)), self.max_entry_bytes)
             return entry.reject(
                 DeadLetter.EVENT_TOO_LARGE, size=len(raw), limit=self.max_event_bytes
             )
         try:
             event = self._decode(raw)
         except (msgspec.ValidationError, msgspec.DecodeError):
-            return _classify_slowly(entry, raw)
+            return _classify_slowly(entry, raw, self.max_json_depth)
+        except RecursionError:  # msgspec recursed past CPython's limit (about 1,000 levels)
+            return _too_deep(entry, raw, self.max_json_depth)
+        if len(raw) > self._deep_bytes and self._too_deep(raw):
+            return _too_deep(entry, raw, self.max_json_depth)
         user_id, family, name = event.user_id, event.event_family, event.event_name
         if not (user_id and family and name):
-            return _classify_slowly(entry, raw)
+            return _classify_slowly(entry, raw, self.max_json_depth)
+        if len(user_id) > self._id_chars and self._too_long(user_id):
+            return self._reject_id(entry, "user_id", user_id)
         entry.user_id = user_id
         if name != "identify":
             entry.kind = Kind.EVENT
             return entry
         if family != "system":
             return entry.reject(DeadLetter.IDENTIFY_NOT_SYSTEM)
-        if not event.previous_user_id:
-            return _classify_slowly(entry, raw)
-        entry.previous_user_id = event.previous_user_id
+        prev = event.previous_user_id
+        if not prev:
+            return _classify_slowly(entry, raw, self.max_json_depth)
+        if len(prev) > self._id_chars and self._too_long(prev):
+            return self._reject_id(entry, "previous_user_id", prev)
+        entry.previous_user_id = prev
         entry.kind = Kind.IDENTIFY
         return entry
 
+    def _too_deep(self, raw: bytes) -> bool:
+        """Two C scans (find is memchr; count is not: skip it when there is no '[')."""
+        limit = self.max_json_depth
+        opened = raw.count(b"{")
+        if raw.find(b"[") >= 0:
+            opened += raw.count(b"[")
+        return opened > limit and json_depth(raw) > limit
+
+    def _too_long(self, uid: str) -> bool:
+        return len(uid.encode()) > self.max_id_bytes
+
+    def _reject_id(self, entry: Entry, field: str, uid: str) -> Entry:
+        size = len(uid.encode())
+        return entry.reject(
+            DeadLetter.ID_TOO_LONG, field=field, size=size, limit=self.max_id_bytes
+        )
+
     def _tenant(self, raw: bytes | None) -> str | None:
-        if raw is None:
-            return None
-        known = self._tenants.get(raw)
-        if known is not None:
-            return known
-        if not TENANT_RE.match(raw):
+        if raw is None or not TENANT_RE.match(raw):
             return None
         if len(self._tenants) < 100_000:
             self._tenants[raw] = raw.decode("ascii")
         return raw.decode("ascii")
 
 
-def _classify_slowly(entry: Entry, raw: bytes) -> Entry:
+def json_depth(raw: bytes) -> int:
+    """How deep brackets nest in ``raw``, outside JSON strings, without recursing.
+
+    Only called when ``raw`` holds more brackets than the depth limit (an array of many
+    objects, or an attack): a regex drops the strings, a translate keeps the brackets, and
+    a running sum finds the deepest point, all in C loops.
+    """
+    brackets = JSON_STRING.sub(b"", raw).translate(None, NOT_BRACKETS).translate(BRACKETS)
+    return max(accumulate(STEP[b] for b in brackets), default=0)
+
+
+def _too_large(entry: Entry, size: int, limit: int) -> Entry:
+    return entry.reject(DeadLetter.ENTRY_TOO_LARGE, keep_payload=False, size=size, limit=limit)
+
+
+def _too_deep(entry: Entry, raw: bytes, limit: int) -> Entry:
+    return entry.reject(DeadLetter.EVENT_TOO_DEEP, depth=json_depth(raw), limit=limit)
+
+
+def _classify_slowly(entry: Entry, raw: bytes, max_depth: int) -> Entry:
+    """Why the fast path refused ``raw``: the first problem found, as a stable code."""
+    if raw.count(b"{") + raw.count(b"[") > max_depth and json_depth(raw) > max_depth:
+        return _too_deep(entry, raw, max_depth)
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return entry.reject(DeadLetter.EVENT_NOT_UTF8, reason=exc.reason, start=exc.start)
     try:
         event: Any = msgspec.json.decode(raw)
+    except RecursionError:  # only when called deep in a stack: the depth limit is below it
+        return _too_deep(entry, raw, max_depth)
     except msgspec.DecodeError as exc:
         return entry.reject(DeadLetter.EVENT_NOT_JSON, error=exc)
     if not isinstance(event, dict):

@@ -15,11 +15,12 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from .committer import Committed, Committer
+from .committer import Committed, Committer, Stale
 from .config import Settings
 from .parser import Entry, Parser
 from .planner import Plan, Planner
 from .recovery import Recovery
+from .split import entries_at_fault
 from .stream import InputStream, RawEntry, entries_of
 from .wire import PipelinedConnection, pack
 
@@ -154,11 +155,19 @@ class Pipeline:
         return len(sent.entries) + len(raw)
 
     def _verdict(self, sent: _Ready) -> Committed | _Redo:
-        """The sent commit's verdict, or what became of it after it was found stale."""
-        result = self._committer.verdict(sent.plan, self._connection.reply())
+        """The sent commit's verdict, or what became of it after it was found stale (or
+        refused for something in it)."""
+        result: Committed | Stale | None
+        try:
+            result = self._committer.verdict(sent.plan, self._connection.reply())
+        except ResponseError as exc:  # refused whole, nothing written: commit_now splits it
+            if not entries_at_fault(exc):
+                raise
+            result = None
         if isinstance(result, Committed):
             return result
-        self._committer.forget_stale(sent.plan, result)
+        if result is not None:
+            self._committer.forget_stale(sent.plan, result)
         if self._committer.commit_now(sent.entries, sent.started):
             return REDONE
         self._recovery.due = True

@@ -44,9 +44,12 @@ DELCONSUMER_LUA = load_lua("worker", "delconsumer.lua")
 class CommitCommand:
     """The commit script's EVALSHA with this worker's streams and limits bound once."""
 
-    __slots__ = ("_fixed_args", "_fixed_keys")
+    __slots__ = ("_fixed_args", "_fixed_keys", "sha", "source")
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, source: str = COMMIT_LUA) -> None:
+        self.source = source
+        """Loaded by the committer after NOSCRIPT; tests may run a variant."""
+        self.sha = COMMIT_SHA if source is COMMIT_LUA else hashlib.sha1(source.encode()).hexdigest()
         self._fixed_keys = (settings.input_stream, settings.output_stream, settings.dead_stream)
         if len(self._fixed_keys) != FIXED_KEYS:
             raise AssertionError("the commit script's fixed KEYS changed without FIXED_KEYS")
@@ -68,6 +71,6 @@ class CommitCommand:
         """RESP for one commit; see commit.lua's header for the argument layout."""
         n_keys = FIXED_KEYS + len(alias_keys)  # KEYS_PER_TENANT per tenant
         return pack(
-            ("EVALSHA", COMMIT_SHA, n_keys, *self._fixed_keys, *alias_keys, *self._fixed_args,
+            ("EVALSHA", self.sha, n_keys, *self._fixed_keys, *alias_keys, *self._fixed_args,
              n_verify, n_entries, *verify, *entries)
         )  # fmt: skip

@@ -56,7 +56,7 @@ class Worker:
         self._stop = threading.Event()
         self._client = client
         self.stream = InputStream(client, settings.input_stream, settings.group, settings.consumer)
-        parser = Parser(settings.max_event_bytes)
+        parser = Parser.from_settings(settings)
         self.cache = AliasCache(settings.cache_size)
         self.planner = Planner(
             self.cache,

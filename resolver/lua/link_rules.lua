@@ -98,6 +98,10 @@ local function write_staged(pending)
     end
   end
   if counts then
-    for hkey, n in pairs(counts) do redis.call('HINCRBY', hkey, '', n) end
+    -- HSET of a sum read now, not HINCRBY: HINCRBY fails (after the writes above) on a count
+    -- someone else overwrote with a non-number; such a count is re-measured at start anyway
+    for hkey, n in pairs(counts) do
+      redis.call('HSET', hkey, '', (tonumber(redis.call('HGET', hkey, '')) or 0) + n)
+    end
   end
 end

@@ -27,6 +27,19 @@
 -- else
 -- {1, emitted, dead_lettered, {duplicate entry ordinals}, {outcome per link},
 --  {root, depth per resolved entry}, {tenant n, id, target or false per link read}}.
+--
+-- Redis does not roll back a script that fails at run time: whatever it wrote stays. So
+-- every error a write could raise is ruled out before the first write (the HSETs), and a
+-- batch that cannot be committed whole is refused whole, with an error and nothing written:
+--   streams   TYPE is stream or none (else WRONGTYPE), and XADD '*' still has an id to give
+--   maxlens   digits only, for XTRIM
+--   entries   an even number of field values, at most MAX_VALUES (XADD's arguments pass
+--             through Lua's stack: unpack() fails past 8,000 values)
+--   alias     each hash is read (HGET) before any link to it is written (WRONGTYPE early)
+--   OOM       Redis refuses only a script's first write, never a later one
+--   ids       as Redis returned them (XREADGROUP, XAUTOCLAIM), so XACK parses them: a
+--             per-id check here would cost about 3% of the script's time, for ids no
+--             entry's content can choose
 
 local input, output, dead = KEYS[1], KEYS[2], KEYS[3]
 local group, out_maxlen, dead_maxlen = ARGV[1], ARGV[2], ARGV[3]
@@ -34,6 +47,25 @@ local max_depth = tonumber(ARGV[4])
 local n_verify, n_entries = tonumber(ARGV[5]), tonumber(ARGV[6])
 local i = 7
 local CHUNK = 4000  -- stays well below Lua's unpack() limit
+local MAX_VALUES = 4000  -- 2,000 field pairs per entry; the worker's STITCH_MAX_FIELDS <= 1,000
+local LAST_ID = '18446744073709551615-18446744073709551615'
+
+for k = 1, FIXED_KEYS do
+  local kind = redis.call('TYPE', KEYS[k])['ok']
+  if kind == 'stream' and k > 1 then
+    local info = redis.call('XINFO', 'STREAM', KEYS[k])
+    for f = 1, #info, 2 do
+      if info[f] == 'last-generated-id' and info[f + 1] == LAST_ID then
+        return redis.error_reply('ERR ' .. KEYS[k] .. ' has handed out the last possible id')
+      end
+    end
+  elseif kind ~= 'stream' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a stream')
+  end
+end
+if not (string.find(out_maxlen, '^%d+$') and string.find(dead_maxlen, '^%d+$')) then
+  return redis.error_reply('ERR maxlen arguments must be digits')
+end
 
 local function alias_key(n)
   return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 1]
@@ -95,8 +127,12 @@ end
 local start = i
 local outcomes, stale_links, resolved, roots = {}, {}, {}, {}
 for n = 1, n_entries do
-  local action = ARGV[i + 1]
-  local a = i + 3 + tonumber(ARGV[i + 2])  -- first action argument
+  local action, n_fields = ARGV[i + 1], tonumber(ARGV[i + 2])
+  if n_fields % 2 == 1 or n_fields > MAX_VALUES then
+    return redis.error_reply('ERR entry ' .. ARGV[i] .. ' has ' .. n_fields ..
+                             ' field values: it must be even and at most ' .. MAX_VALUES)
+  end
+  local a = i + 3 + n_fields  -- first action argument
   if action == 'l' or action == 'L' then
     local index = ARGV[a]
     local key = alias_key(index)
