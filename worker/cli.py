@@ -19,12 +19,12 @@ from typing import Any
 
 import msgspec
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from resolver import Resolver
 
+from .acl import acl_lines
 from .config import Settings, env_name
+from .connection import connect, redact
 from .errors import ConfigError, RedisUnavailableError
 from .health import Health, HealthServer
 from .logs import configure_logging, get_logger
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("ids", nargs="+", metavar="ID")
     demo = commands.add_parser("demo", help="run the real worker on an embedded Redis and a sample")
     demo.add_argument("--sample", help="JSON-lines sample to feed (default: the shipped one)")
-    for sub in (run, resolve, demo):
+    acl = commands.add_parser("acl", help="print the ACL SETUSER lines for the configured keys")
+    for sub in (run, resolve, demo, acl):
         _add_setting_flags(sub)
     return parser
 
@@ -65,18 +66,6 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             metavar="VALUE",
             help=f"overrides {env_name(field.name)}",
         )
-
-
-def connect(settings: Settings) -> redis.Redis:
-    """A RESP2 client whose socket timeout always exceeds BLOCK; retries are the worker's job."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        protocol=2,
-        socket_timeout=settings.socket_timeout_s,
-        socket_connect_timeout=5.0,
-        retry=Retry(NoBackoff(), 0),
-        client_name="lehnz-stitch",
-    )
 
 
 @contextlib.contextmanager
@@ -128,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(settings, drain=args.drain)
         if args.command == "resolve":
             return resolve(settings, args.tenant, args.ids, chain=args.chain)
+        if args.command == "acl":
+            print(acl_lines(settings))
+            return EXIT_OK
         from .demo import run_demo  # imports fakeredis lazily: only the demo needs it
 
         return run_demo(settings, args.sample)
@@ -189,6 +181,6 @@ def resolve(settings: Settings, tenant: str, ids: list[str], *, chain: bool) -> 
                 print(f"{uid}\t{root}")
     except redis.ConnectionError as exc:
         raise RedisUnavailableError(
-            f"{env_name('redis_url')}={settings.redis_url}: {exc}"
+            f"{env_name('redis_url')}={redact(settings.redis_url)}: {exc}"
         ) from None
     return EXIT_OK

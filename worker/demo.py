@@ -23,11 +23,14 @@ import redis
 
 from resolver import Resolver
 
-from .cli import connect, run
+from .cli import run
 from .config import Settings
+from .connection import connect
 from .metrics import Metrics
 
 __all__ = ["run_demo"]
+
+TLS_AND_AUTH = ("redis_password_file", "redis_ca_file", "redis_cert_file", "redis_key_file")
 
 
 def _free_port() -> int:
@@ -112,6 +115,7 @@ def run_demo(base: Settings, sample: str | None) -> int:
             {
                 **_as_dict(base),
                 "redis_url": url,
+                **dict.fromkeys(TLS_AND_AUTH, ""),  # the embedded server has neither
                 "metrics_port": 0,
                 "block_ms": 100,
                 "consumer": "demo-1",

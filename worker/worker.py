@@ -26,6 +26,7 @@ from .accounting import Accountant
 from .backoff import Backoff
 from .committer import Committed, Committer, Stale
 from .config import Settings
+from .connection import redact
 from .errors import StaleCommitError
 from .health import Health
 from .metrics import GroupStats, Metrics
@@ -130,6 +131,7 @@ class Worker:
         self._with_reconnect(self.connect)
         self.log.info(
             "started",
+            redis=redact(self.settings.redis_url),
             stream=self.settings.input_stream,
             group=self.settings.group,
             batch_size=self.settings.batch_size,

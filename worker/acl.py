@@ -1,0 +1,138 @@
+"""The Redis ACL rules of lehnz-stitch's two users, for the configured key names.
+
+``stitch-worker`` (the daemon and ``resolve``) gets exactly the commands the worker sends,
+found by running the whole suite as that user with an empty ``ACL LOG`` afterwards; commands
+inside its Lua scripts are checked against the same rules, so the scripts' XACK, XADD,
+XTRIM, HSET, XPENDING, XINFO CONSUMERS and XGROUP DELCONSUMER are listed too.
+``stitch-admin`` adds what operators and the governance commands need. Both are confined
+to the four keys (patterns) the settings name; ``lehnz-stitch acl`` prints the lines.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .config import Settings
+
+__all__ = [
+    "ADMIN_COMMANDS",
+    "ADMIN_USER",
+    "WORKER_COMMANDS",
+    "WORKER_USER",
+    "acl_lines",
+    "admin_rules",
+    "key_patterns",
+    "setuser_args",
+    "setuser_line",
+    "worker_rules",
+]
+
+WORKER_USER = "stitch-worker"
+ADMIN_USER = "stitch-admin"
+
+WORKER_COMMANDS = (
+    # connection set-up by redis-py: CLIENT SETNAME (client_name), SELECT for a URL whose
+    # db is not 0. Its CLIENT SETINFO is left out: Redis 7.0 lacks it (so the rule would be
+    # refused), and redis-py ignores the refusal on 7.2+
+    "+ping",
+    "+client|setname",
+    "+select",
+    # the input stream's group: created at start-up, read, reclaimed, inspected, cleaned up
+    "+xgroup|create",
+    "+xgroup|delconsumer",
+    "+xreadgroup",
+    "+xautoclaim",
+    "+xpending",
+    "+xinfo|groups",
+    "+xinfo|consumers",
+    # the commit script's writes
+    "+xack",
+    "+xadd",
+    "+xtrim",
+    # the alias hashes: resolution reads, link writes (inside the scripts)
+    "+hget",
+    "+hmget",
+    "+hset",
+    # the scripts themselves, by SHA, loaded again after a restart or SCRIPT FLUSH
+    "+evalsha",
+    "+script|load",
+)
+"""Everything ``python -m worker run`` and ``resolve`` send, scripts' inner calls included."""
+
+ADMIN_COMMANDS = (
+    # read any of the streams: dead letters, the output, the input's backlog
+    "+xrange",
+    "+xrevrange",
+    "+xlen",
+    "+xinfo|stream",
+    # repair: replay a dead letter (XADD is the worker's already), delete, move the group
+    "+xdel",
+    "+xclaim",
+    "+xgroup|setid",
+    "+xgroup|destroy",
+    "+xgroup|createconsumer",
+    # the alias map: list, read whole, unlink, erase
+    "+scan",
+    "+hscan",
+    "+hgetall",
+    "+hkeys",
+    "+hlen",
+    "+hexists",
+    "+hdel",
+    "+del",
+    "+unlink",
+    "+exists",
+    "+type",
+)
+"""What operators and the governance commands need on top of the worker's rights."""
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def _literal(name: str) -> str:
+    """An ACL key pattern matching ``name`` only (its glob characters escaped)."""
+    return _GLOB_SPECIAL.sub(r"\\\1", name)
+
+
+def key_patterns(settings: Settings) -> list[str]:
+    return [
+        "~" + _literal(settings.input_stream),
+        "~" + _literal(settings.output_stream),
+        "~" + _literal(settings.dead_stream),
+        "~" + _literal(settings.alias_prefix) + "*",
+    ]
+
+
+def worker_rules(settings: Settings) -> list[str]:
+    """ACL SETUSER rules after the password: no pub/sub, nothing outside the four keys."""
+    return ["-@all", *WORKER_COMMANDS, *key_patterns(settings)]
+
+
+def admin_rules(settings: Settings) -> list[str]:
+    return ["-@all", *WORKER_COMMANDS, *ADMIN_COMMANDS, *key_patterns(settings)]
+
+
+def setuser_args(user: str, password: str, rules: list[str]) -> list[str]:
+    """The ``ACL SETUSER`` command: ``reset`` first, so the line is the whole definition."""
+    return ["ACL", "SETUSER", user, "reset", "on", password, *rules]
+
+
+def setuser_line(user: str, password: str, rules: list[str]) -> str:
+    """One line for the redis-cli prompt (a word with spaces or quotes is double-quoted)."""
+    return " ".join(_quoted(word) for word in setuser_args(user, password, rules))
+
+
+def _quoted(word: str) -> str:
+    if word and not any(c.isspace() or c in "\"'" for c in word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def acl_lines(settings: Settings) -> str:
+    """Both users' lines, passwords left for the operator to fill in."""
+    return "\n".join(
+        (
+            setuser_line(WORKER_USER, ">WORKER_PASSWORD", worker_rules(settings)),
+            setuser_line(ADMIN_USER, ">ADMIN_PASSWORD", admin_rules(settings)),
+        )
+    )
