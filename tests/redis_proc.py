@@ -51,11 +51,14 @@ def require_binary(name: str) -> str:
 class RedisServer:
     """One redis-server on loopback; ``kill()`` is SIGKILL, ``start()`` brings it back."""
 
-    def __init__(self, *, appendonly: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self, *, appendonly: bool = False, port: int | None = None, extra: list[str] | None = None
+    ) -> None:
         self.binary = require_binary("redis-server")
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="stitch-redis-"))
         self.appendonly = appendonly
+        self.extra = extra or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -96,6 +99,7 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
+        args += self.extra
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
