@@ -81,9 +81,10 @@ def test_unusable_password_file_is_a_config_error(tmp_path: Path, content: str |
          "STITCH_REDIS_KEY_FILE"),
         ({"STITCH_REDIS_URL": "rediss://h/0?ssl_cert_reqs=none"}, "STITCH_REDIS_URL"),
         ({"STITCH_REDIS_URL": f"http://u:{SECRET}@h/0"}, "STITCH_REDIS_URL"),
+        ({"STITCH_REDIS_URL": "redis://stitch-worker@h/0"}, "STITCH_REDIS_URL"),
     ],
     ids=["password-twice", "query-password-twice", "ca-without-tls", "key-without-cert",
-         "verification-off", "bad-scheme"],
+         "verification-off", "bad-scheme", "user-without-password"],
 )
 def test_contradictory_connection_settings_are_refused(
     env: dict[str, str], variable: str

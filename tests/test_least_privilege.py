@@ -107,7 +107,7 @@ def test_worker_user_runs_the_whole_contract(
     ids = seed(c)
     assert redis_server.url.startswith(f"redis://{WORKER_USER}:")
     log = tmp_path / "w.log"
-    with running_worker(redis_server.url, "--drain", log_path=log, **SCENARIO) as proc:
+    with running_worker(redis_server.url, "--drain", log_path=log, block_ms=50, **SCENARIO) as proc:
         assert proc.wait(timeout=60) == 0, log.read_text()
     check_outcome(c, ids)
     summary = json.loads(log.read_text().splitlines()[-1])

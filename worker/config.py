@@ -132,7 +132,13 @@ def _check_redis_url(settings: Settings) -> None:
         raise ConfigError(
             f"{env_name('redis_key_file')}: set without {env_name('redis_cert_file')}"
         )
-    if settings.redis_password_file and (url.password is not None or "password" in query):
+    has_password = url.password is not None or "password" in query
+    if url.username and not has_password and not settings.redis_password_file:
+        raise ConfigError(
+            f"{env_name('redis_url')}: names the user {url.username!r} but no password; set "
+            f"{env_name('redis_password_file')} (or put it in the URL)"
+        )
+    if settings.redis_password_file and has_password:
         raise ConfigError(
             f"{env_name('redis_password_file')}: set, but {env_name('redis_url')} holds a "
             "password too; keep only one (the file, with the user name in the URL)"
