@@ -20,6 +20,7 @@ from .scripts import load_lua
 __all__ = [
     "HEIGHTS_SUFFIX",
     "LINKS_FIELD",
+    "SCRATCH_SUFFIX",
     "MeasureError",
     "Measured",
     "accounted",
@@ -32,6 +33,8 @@ __all__ = [
 HEIGHTS_SUFFIX = ":heights"
 """Tenants never contain ':', so ``alias:<tenant>:heights`` is never another alias map, and
 it keeps the alias key's hash tag (same Cluster slot)."""
+SCRATCH_SUFFIX = ":measuring"
+"""Where fresh heights are written before they are swapped in (``<heights key>:measuring``)."""
 LINKS_FIELD = ""
 """An empty id is a placeholder, never linked: no root can be called that."""
 MEASURE_LUA = load_lua("resolver", "measure.lua")
@@ -118,7 +121,7 @@ def sync(
     reads that kept changing under it.
     """
     hkey = heights_key(alias_key)
-    scratch = hkey + ":measuring"
+    scratch = hkey + SCRATCH_SUFFIX
     for _ in range(attempts):
         if accounted(client, alias_key):
             return None
@@ -127,7 +130,8 @@ def sync(
         client.delete(scratch)
         for chunk in _chunks(measured.heights):
             client.hset(scratch, mapping=chunk)  # type: ignore[arg-type]
-        if client.eval(MEASURE_LUA, 3, alias_key, hkey, scratch, measured.links) == 1:
+        swap = client.register_script(MEASURE_LUA)
+        if swap(keys=[alias_key, hkey, scratch], args=[measured.links]) == 1:
             return measured
     raise MeasureError(f"{alias_key} kept changing while it was measured ({attempts} reads)")
 

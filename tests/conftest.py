@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from tests.redis_proc import RedisServer, free_port
+from worker.acl import WORKER_USER
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,11 +28,15 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def real_redis(redis_server: RedisServer) -> redis.Redis:
-    """A flushed real Redis client (RESP2, bytes)."""
+def real_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A flushed real Redis client (RESP2, bytes). Workers run as ``stitch-worker``; the
+    test fails if Redis refused that user anything meanwhile (ACL LOG)."""
     client = redis_server.client()
     client.flushall()
-    return client
+    client.acl_log_reset()
+    yield client
+    refused = [e for e in client.acl_log() if e["username"] == WORKER_USER]
+    assert not refused, f"Redis refused stitch-worker: {refused}"
 
 
 @pytest.fixture(params=["fakeredis", pytest.param("redis-server", marks=pytest.mark.redis_server)])

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import fakeredis
 import redis
 import structlog
 
+from tests.redis_proc import WORKER_PASSWORD
 from worker import Metrics, Settings, Worker
+from worker.acl import WORKER_USER
 
 INPUT, OUTPUT, DEAD = "events", "events:enriched", "events:dead"
 
@@ -52,8 +55,25 @@ def settings(**overrides: Any) -> Settings:
     return Settings.from_env({}, values)
 
 
+def as_worker_user(client: redis.Redis) -> redis.Redis:
+    """A client of the same real server logged in as ``stitch-worker`` (fakeredis as is)."""
+    if isinstance(client, fakeredis.FakeRedis):
+        return client
+    kwargs = client.connection_pool.connection_kwargs
+    return redis.Redis(
+        host=kwargs["host"],
+        port=kwargs["port"],
+        protocol=2,
+        username=WORKER_USER,
+        password=WORKER_PASSWORD,
+    )
+
+
 def make_worker(client: redis.Redis, **overrides: Any) -> Worker:
-    return Worker(settings(**overrides), client, Metrics(), structlog.get_logger("test"))
+    """An in-process worker on ``client``'s server, as the ACL user the daemon runs as."""
+    return Worker(
+        settings(**overrides), as_worker_user(client), Metrics(), structlog.get_logger("test")
+    )
 
 
 def drain(client: redis.Redis, **overrides: Any) -> Worker:

@@ -9,11 +9,26 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import redis
 
-__all__ = ["RedisServer", "free_port", "require_binary"]
+from worker.acl import ADMIN_USER, WORKER_USER, admin_rules, setuser_args, worker_rules
+from worker.config import Settings
+
+__all__ = [
+    "ADMIN_PASSWORD",
+    "WORKER_PASSWORD",
+    "RedisServer",
+    "apply_acl_users",
+    "free_port",
+    "require_binary",
+]
+
+WORKER_PASSWORD = "worker-Pa55:w@rd/x"
+"""Characters a URL must escape, so the tests also prove the URL handling."""
+ADMIN_PASSWORD = "admin-pa55"
 
 
 def free_port() -> int:
@@ -36,19 +51,33 @@ def require_binary(name: str) -> str:
 class RedisServer:
     """One redis-server on loopback; ``kill()`` is SIGKILL, ``start()`` brings it back."""
 
-    def __init__(self, *, appendonly: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self, *, appendonly: bool = False, port: int | None = None, extra: list[str] | None = None
+    ) -> None:
         self.binary = require_binary("redis-server")
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="stitch-redis-"))
         self.appendonly = appendonly
+        self.extra = extra or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The worker's URL: every worker the tests start runs as the ``stitch-worker`` user."""
+        return f"redis://{WORKER_USER}:{quote(WORKER_PASSWORD, safe='')}@127.0.0.1:{self.port}/0"
+
+    @property
+    def admin_url(self) -> str:
+        return f"redis://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
+        """The default user's client: the tests' own producer and inspector."""
         return redis.Redis(port=self.port, protocol=2)
+
+    def worker_client(self) -> redis.Redis:
+        return redis.Redis(
+            port=self.port, protocol=2, username=WORKER_USER, password=WORKER_PASSWORD
+        )
 
     def start(self) -> RedisServer:
         args = [
@@ -70,11 +99,13 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
+        args += self.extra
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 if self.client().ping():
+                    apply_acl_users(self.client())
                     return self
             except (redis.ConnectionError, redis.BusyLoadingError):
                 time.sleep(0.02)
@@ -89,3 +120,13 @@ class RedisServer:
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def apply_acl_users(client: redis.Redis, settings: Settings | None = None) -> None:
+    """The README's two users (for ``settings``' key names); the default user stays open."""
+    settings = settings if settings is not None else Settings(consumer="acl")
+    for user, password, rules in (
+        (WORKER_USER, WORKER_PASSWORD, worker_rules(settings)),
+        (ADMIN_USER, ADMIN_PASSWORD, admin_rules(settings)),
+    ):
+        client.execute_command(*setuser_args(user, ">" + password, rules))

@@ -26,6 +26,9 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
 
+from worker.acl import ADMIN_USER, WORKER_USER, admin_rules, worker_rules
+from worker.config import Settings
+from worker.connection import redact
 from worker.metrics import GroupStats, Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,11 +218,20 @@ def test_deployment_wiring() -> None:
     assert container["args"] == ["run"]
     env = {e["name"]: e for e in container["env"]}
     assert env["STITCH_CONSUMER"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    secret_ref = env["STITCH_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+    assert "STITCH_REDIS_URL" not in env
+    config = the("ConfigMap")["data"]
+    assert config["STITCH_REDIS_URL"].startswith("redis://stitch-worker@")
+    assert redact(config["STITCH_REDIS_URL"]) == config["STITCH_REDIS_URL"]  # no password
     secret = the("Secret")
-    assert secret_ref["name"] == secret["metadata"]["name"]
-    assert secret_ref["key"] in secret["stringData"]
-    assert "STITCH_REDIS_URL" not in the("ConfigMap")["data"]
+    [volume] = [v for v in the("Deployment")["spec"]["template"]["spec"]["volumes"]
+                if "secret" in v]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    [item] = volume["secret"]["items"]
+    assert item["key"] == "password" and item["key"] in secret["stringData"]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    assert config["STITCH_REDIS_PASSWORD_FILE"] == f"{mount['mountPath']}/{item['path']}"
+    assert secret["stringData"]["username"] == WORKER_USER
     assert [s["configMapRef"]["name"] for s in container["envFrom"]] == [
         the("ConfigMap")["metadata"]["name"]
     ]
@@ -367,11 +379,32 @@ def test_compose_services() -> None:
     assert len(groups) == 1
     for worker in workers.values():
         env = worker["environment"]
-        assert env["STITCH_REDIS_URL"].startswith("redis://redis:")
+        assert env["STITCH_REDIS_URL"].startswith(f"redis://{WORKER_USER}@redis:")
+        assert env["STITCH_REDIS_PASSWORD_FILE"] == "/run/secrets/redis-password"
+        assert worker["secrets"] == ["redis-password"]
         assert worker["build"]["dockerfile"] == "deploy/Dockerfile"
         assert (COMPOSE.parent / worker["build"]["context"] / "pyproject.toml").is_file()
         grace = int(worker["stop_grace_period"].removesuffix("s"))
         assert grace > float(env["STITCH_SHUTDOWN_TIMEOUT_S"])
+
+
+def test_compose_redis_users_are_the_readme_users() -> None:
+    """The trial's ACL file defines stitch-worker and stitch-admin with exactly the rules of
+    worker/acl.py (the README's lines), the worker's password being the secret file's."""
+    lines = (DEPLOY / "redis-users.acl").read_text().splitlines()
+    users = {words[1]: " ".join(words[2:]) for words in map(str.split, lines)}
+    services = load_yaml(COMPOSE)
+    secret = DEPLOY / services["secrets"]["redis-password"]["file"]
+    assert (DEPLOY / "redis-password.trial").samefile(secret)
+    password = secret.read_text().rstrip("\n")
+    defaults = Settings(consumer="x")
+    assert users[WORKER_USER] == " ".join(["reset", "on", f">{password}", *worker_rules(defaults)])
+    admin = users[ADMIN_USER].split(" ", 3)
+    assert admin[:2] == ["reset", "on"]
+    assert admin[3] == " ".join(admin_rules(defaults))
+    mounts = services["services"]["redis"]["volumes"]
+    assert "./redis-users.acl:/etc/redis/users.acl:ro" in mounts
+    assert "--aclfile /etc/redis/users.acl" in " ".join(services["services"]["redis"]["command"])
 
 
 def test_compose_prometheus_scrapes_both_workers() -> None:

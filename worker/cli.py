@@ -15,9 +15,10 @@ import redis
 
 from resolver import Resolver
 
+from .acl import acl_lines
 from .app import EXIT_OK, run
 from .config import Settings, env_name
-from .connection import connect
+from .connection import connect, redact
 from .errors import ConfigError, RedisUnavailableError
 from .logs import configure_logging, get_logger
 
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("ids", nargs="+", metavar="ID")
     demo = commands.add_parser("demo", help="run the real worker on an embedded Redis and a sample")
     demo.add_argument("--sample", help="JSON-lines sample to feed (default: the shipped one)")
-    for sub in (run, resolve, demo):
+    acl = commands.add_parser("acl", help="print the ACL SETUSER lines for the configured keys")
+    for sub in (run, resolve, demo, acl):
         _add_setting_flags(sub)
     return parser
 
@@ -78,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(settings, drain=args.drain)
         if args.command == "resolve":
             return resolve(settings, args.tenant, args.ids, chain=args.chain)
+        if args.command == "acl":
+            print(acl_lines(settings))
+            return EXIT_OK
         from .demo import run_demo  # imports fakeredis lazily: only the demo needs it
 
         return run_demo(settings, args.sample)
@@ -102,6 +107,6 @@ def resolve(settings: Settings, tenant: str, ids: list[str], *, chain: bool) -> 
                 print(f"{uid}\t{root}")
     except redis.ConnectionError as exc:
         raise RedisUnavailableError(
-            f"{env_name('redis_url')}={settings.redis_url}: {exc}"
+            f"{env_name('redis_url')}={redact(settings.redis_url)}: {exc}"
         ) from None
     return EXIT_OK

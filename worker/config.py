@@ -7,6 +7,7 @@ import socket
 import warnings
 from collections.abc import Mapping
 from typing import Annotated, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
@@ -48,6 +49,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Every setting; the environment variable is ``STITCH_`` + the upper-cased name."""
 
     redis_url: str = "redis://localhost:6379/0"
+    redis_password_file: str = ""
+    redis_ca_file: str = ""
+    redis_cert_file: str = ""
+    redis_key_file: str = ""
     input_stream: Name = "events"
     output_stream: Name = "events:enriched"
     dead_stream: Name = "events:dead"
@@ -80,11 +85,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_format: Literal["json", "console"] = "json"
 
     def __post_init__(self) -> None:
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(
-                f"{env_name('redis_url')}: expected a redis://, rediss:// or unix:// URL, "
-                f"got {self.redis_url!r}"
-            )
+        _check_redis_url(self)
         if self.max_entry_bytes < self.max_event_bytes + ENTRY_OVERHEAD:
             raise ConfigError(
                 f"{env_name('max_entry_bytes')}: {self.max_entry_bytes} leaves no room for an "
@@ -161,6 +162,47 @@ def _renamed(env: Mapping[str, str]) -> Mapping[str, str]:
         value = moved.pop(name)
         moved.setdefault(new, value)
     return moved
+def _check_redis_url(settings: Settings) -> None:
+    """The URL's shape and how it combines with the TLS and password settings (no I/O here:
+    the files are read when connecting). The URL itself is never echoed: it may hold a
+    password."""
+    try:
+        url = urlsplit(settings.redis_url)
+    except ValueError as exc:
+        raise ConfigError(f"{env_name('redis_url')}: not a URL ({exc})") from None
+    if url.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"{env_name('redis_url')}: expected a redis://, rediss:// or unix:// URL, "
+            f"got one starting with {url.scheme + ':' if url.scheme else 'no scheme'}"
+        )
+    query = {name.lower() for name, _ in parse_qsl(url.query)}
+    if any(name.startswith("ssl") for name in query):
+        raise ConfigError(
+            f"{env_name('redis_url')}: TLS options do not belong in the URL; set "
+            f"{env_name('redis_ca_file')}, {env_name('redis_cert_file')} and "
+            f"{env_name('redis_key_file')} (certificates are always verified)"
+        )
+    tls_files = [n for n in ("redis_ca_file", "redis_cert_file", "redis_key_file") if
+                 getattr(settings, n)]
+    if tls_files and url.scheme != "rediss":
+        raise ConfigError(
+            f"{env_name(tls_files[0])}: set, but {env_name('redis_url')} is not a rediss:// URL"
+        )
+    if settings.redis_key_file and not settings.redis_cert_file:
+        raise ConfigError(
+            f"{env_name('redis_key_file')}: set without {env_name('redis_cert_file')}"
+        )
+    has_password = url.password is not None or "password" in query
+    if url.username and not has_password and not settings.redis_password_file:
+        raise ConfigError(
+            f"{env_name('redis_url')}: names the user {url.username!r} but no password; set "
+            f"{env_name('redis_password_file')} (or put it in the URL)"
+        )
+    if settings.redis_password_file and has_password:
+        raise ConfigError(
+            f"{env_name('redis_password_file')}: set, but {env_name('redis_url')} holds a "
+            "password too; keep only one (the file, with the user name in the URL)"
+        )
 
 
 def env_name(field: str) -> str:

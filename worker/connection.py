@@ -1,23 +1,127 @@
-"""The Redis client the daemon and the command line use."""
+"""The Redis client built from the settings: URL, ACL user, password file, TLS; and the
+redaction every printed URL goes through.
+
+Errors the operator can fix (an unreadable password file, a CA file that is not PEM) are
+raised as :class:`ConfigError` naming the variable, before the first connection: the worker
+would otherwise retry them as outages until ``STITCH_RECONNECT_GIVE_UP_S``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import re
+import ssl
+from pathlib import Path
+from typing import Any
+
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import parse_url
+from redis.credentials import CredentialProvider
 from redis.retry import Retry
 
-from .config import Settings
+from .config import Settings, env_name
+from .errors import ConfigError
 
-__all__ = ["connect"]
+__all__ = ["CLIENT_NAME", "PasswordFile", "connect", "redact"]
+
+CLIENT_NAME = "lehnz-stitch"
+"""CLIENT SETNAME on every connection, so CLIENT LIST shows which clients are ours."""
+REDACTED = "***"
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 
 def connect(settings: Settings) -> redis.Redis:
     """A RESP2 client whose socket timeout always exceeds BLOCK; retries are the worker's job."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        protocol=2,
-        socket_timeout=settings.socket_timeout_s,
-        socket_connect_timeout=5.0,
-        retry=Retry(NoBackoff(), 0),
-        client_name="lehnz-stitch",
-    )
+    try:
+        from_url: dict[str, Any] = parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ConfigError(f"{env_name('redis_url')}: {exc}") from None
+    options: dict[str, Any] = {
+        "protocol": 2,
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": 5.0,
+        "retry": Retry(NoBackoff(), 0),
+        "client_name": CLIENT_NAME,
+        **_tls_options(settings),
+        **from_url,  # as Redis.from_url does: the URL's options win
+    }
+    if settings.redis_password_file:
+        options["credential_provider"] = PasswordFile(
+            settings.redis_password_file, options.pop("username", None)
+        )
+    return redis.Redis(connection_pool=redis.ConnectionPool(**options))
+
+
+def _tls_options(settings: Settings) -> dict[str, Any]:
+    """Verification is always on (CA chain and host name); the files are checked now."""
+    if not settings.redis_url.startswith("rediss://"):
+        return {}
+    ca, cert, key = settings.redis_ca_file, settings.redis_cert_file, settings.redis_key_file
+    context = ssl.create_default_context()
+    if ca:
+        _load(env_name("redis_ca_file"), ca, lambda: context.load_verify_locations(cafile=ca))
+    if cert:
+        name = env_name("redis_key_file" if key else "redis_cert_file")
+        _load(name, key or cert, lambda: context.load_cert_chain(cert, key or None))
+    return {
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_ca_certs": ca or None,
+        "ssl_certfile": cert or None,
+        "ssl_keyfile": key or None,
+    }
+
+
+def _load(variable: str, path: str, load: Any) -> None:
+    try:
+        load()
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{variable}: cannot use {path} ({exc})") from None
+
+
+class PasswordFile(CredentialProvider):
+    """The password from a file (a Kubernetes Secret mounted as a volume), read again for
+    every new connection so that a rotated Secret is picked up when the worker reconnects.
+
+    The first read happens here and must work. Later, a file that cannot be read (a Secret
+    being swapped) falls back to the last password read.
+    """
+
+    __slots__ = ("_last", "path", "username")
+
+    def __init__(self, path: str, username: str | None = None) -> None:
+        self.path = Path(path)
+        self.username = username
+        self._last = self._read()
+
+    def _read(self) -> str:
+        variable = env_name("redis_password_file")
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{variable}: cannot read {self.path} ({exc})") from None
+        password = text.rstrip("\r\n")
+        if not password:
+            raise ConfigError(f"{variable}: {self.path} is empty")
+        return password
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        with contextlib.suppress(ConfigError):  # keep the last password read
+            self._last = self._read()
+        if self.username is None:
+            return (self._last,)
+        return (self.username, self._last)
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``: in the user part and in a ``password=``
+    query option. Everything up to the last ``@`` counts as the user part, so a password
+    with an unescaped ``@``, ``/`` or ``:`` is hidden too (at worst, more is hidden)."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        userinfo, at, host = rest.rpartition("@")
+        if at and ":" in userinfo:
+            rest = f"{userinfo.partition(':')[0]}:{REDACTED}@{host}"
+        url = scheme + sep + rest
+    return _QUERY_PASSWORD.sub(r"\g<1>" + REDACTED, url)

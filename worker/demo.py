@@ -31,6 +31,8 @@ from .metrics import Metrics
 
 __all__ = ["run_demo"]
 
+TLS_AND_AUTH = ("redis_password_file", "redis_ca_file", "redis_cert_file", "redis_key_file")
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -114,6 +116,7 @@ def run_demo(base: Settings, sample: str | None) -> int:
             {
                 **_as_dict(base),
                 "redis_url": url,
+                **dict.fromkeys(TLS_AND_AUTH, ""),  # the embedded server has neither
                 "metrics_port": 0,
                 "block_ms": 100,
                 "consumer": "demo-1",

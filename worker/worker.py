@@ -22,6 +22,7 @@ from resolver.links import LinkRules
 from .accounting import Accountant
 from .committer import Committer
 from .config import Settings
+from .connection import redact
 from .health import Health
 from .measuring import measure_alias_maps
 from .metrics import Metrics
@@ -116,6 +117,7 @@ class Worker:
         self._with_reconnect(self._measure_alias_maps)
         self.log.info(
             "started",
+            redis=redact(self.settings.redis_url),
             stream=self.settings.input_stream,
             group=self.settings.group,
             batch_size=self.settings.batch_size,
