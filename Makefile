@@ -41,6 +41,7 @@ test-min: $(MIN_STAMP)  ## the fast tier at the lowest dependency versions pypro
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check worker resolver tests bench fuzz
+	$(VENV)/bin/ruff format --check worker resolver tests bench fuzz
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)  ## throughput, latency, resolver, memory and replica figures in one run

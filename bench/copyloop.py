@@ -23,8 +23,17 @@ import redis
 __all__ = ["main", "run"]
 
 
-def run(client: redis.Redis, *, stream: str, group: str, consumer: str, output: str,
-        batch: int, limit: int | None = None, follow_block_ms: int | None = None) -> dict[str, Any]:
+def run(
+    client: redis.Redis,
+    *,
+    stream: str,
+    group: str,
+    consumer: str,
+    output: str,
+    batch: int,
+    limit: int | None = None,
+    follow_block_ms: int | None = None,
+) -> dict[str, Any]:
     handled = 0
     started: float | None = None
     ended = 0.0
@@ -63,8 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--group", default="stitch")
     parser.add_argument("--consumer", default="copyloop-1")
     parser.add_argument("--output", default="events:enriched")
-    parser.add_argument("--follow", type=int, default=None, metavar="BLOCK_MS",
-                        help="latency baseline: create the group and block for entries")
+    parser.add_argument(
+        "--follow",
+        type=int,
+        default=None,
+        metavar="BLOCK_MS",
+        help="latency baseline: create the group and block for entries",
+    )
     args = parser.parse_args(argv)
     client = redis.Redis.from_url(args.url, protocol=2)
     if args.follow:
@@ -73,9 +87,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-    result = run(client, stream=args.stream, group=args.group, consumer=args.consumer,
-                 output=args.output, batch=args.batch, limit=args.limit,
-                 follow_block_ms=args.follow)
+    result = run(
+        client,
+        stream=args.stream,
+        group=args.group,
+        consumer=args.consumer,
+        output=args.output,
+        batch=args.batch,
+        limit=args.limit,
+        follow_block_ms=args.follow,
+    )
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
     print(json.dumps(result))

@@ -34,13 +34,32 @@ DEPTH_WEIGHTS = {1: 0.55, 2: 0.25, 3: 0.12, 4: 0.08}
 SECOND_DEVICE_SHARE = 0.2
 LATEST_ID_SHARE = 0.7
 DOMAIN_SHARE = 0.3
-EVENT_NAMES = (("web", "page_view"), ("commerce", "product_view"), ("commerce", "add_to_cart"),
-               ("web", "search"), ("commerce", "checkout_started"), ("commerce", "purchase"))
+EVENT_NAMES = (
+    ("web", "page_view"),
+    ("commerce", "product_view"),
+    ("commerce", "add_to_cart"),
+    ("web", "search"),
+    ("commerce", "checkout_started"),
+    ("commerce", "purchase"),
+)
 EVENT_CUM = list(accumulate((40, 30, 12, 10, 5, 3)))
-PAGES = ("/", "/products", "/products/shoes/runner-x", "/cart", "/checkout", "/search",
-         "/account/orders", "/blog/spring-collection")
-REFERRERS = ("https://www.google.com/", "https://news.ycombinator.com/", "", "https://t.co/abc",
-             "https://www.bing.com/search")
+PAGES = (
+    "/",
+    "/products",
+    "/products/shoes/runner-x",
+    "/cart",
+    "/checkout",
+    "/search",
+    "/account/orders",
+    "/blog/spring-collection",
+)
+REFERRERS = (
+    "https://www.google.com/",
+    "https://news.ycombinator.com/",
+    "",
+    "https://t.co/abc",
+    "https://www.bing.com/search",
+)
 
 RawFields = dict[bytes, bytes]
 
@@ -73,10 +92,12 @@ class DataSet:
         n = len(self.entries)
         tenants = ", ".join(f"{t} {c / n:.0%}" for t, c in self.tenant_counts.most_common())
         depths = ", ".join(f"d{d}: {c}" for d, c in sorted(self.depth_counts.items()))
-        return (f"{n:,} entries (seed {self.seed}), {self.n_identify:,} identify "
-                f"({self.n_identify / max(n, 1):.1%}), mean event JSON "
-                f"{self.mean_event_bytes:.0f} B; tenants: {tenants}; persons by chain depth: "
-                f"{depths}")
+        return (
+            f"{n:,} entries (seed {self.seed}), {self.n_identify:,} identify "
+            f"({self.n_identify / max(n, 1):.1%}), mean event JSON "
+            f"{self.mean_event_bytes:.0f} B; tenants: {tenants}; persons by chain depth: "
+            f"{depths}"
+        )
 
 
 def _uuid(rng: random.Random) -> str:
@@ -84,18 +105,19 @@ def _uuid(rng: random.Random) -> str:
 
 
 def _zipf_cum(n: int, exponent: float) -> list[float]:
-    return list(accumulate(1.0 / (k ** exponent) for k in range(1, n + 1)))
+    return list(accumulate(1.0 / (k**exponent) for k in range(1, n + 1)))
 
 
 def _persons(rng: random.Random, n_events: int) -> dict[str, list[Person]]:
-    weights = [1.0 / (k ** TENANT_EXPONENT) for k in range(1, len(TENANTS) + 1)]
+    weights = [1.0 / (k**TENANT_EXPONENT) for k in range(1, len(TENANTS) + 1)]
     total = sum(weights)
     n_persons = max(len(TENANTS), n_events // EVENTS_PER_PERSON)
     by_tenant: dict[str, list[Person]] = {}
     for tenant, w in zip(TENANTS, weights, strict=True):
         count = max(1, round(n_persons * w / total))
-        by_tenant[tenant] = [Person(tenant, [anon := _uuid(rng)], known=[anon])
-                             for _ in range(count)]
+        by_tenant[tenant] = [
+            Person(tenant, [anon := _uuid(rng)], known=[anon]) for _ in range(count)
+        ]
     return by_tenant
 
 
@@ -128,7 +150,7 @@ def _event(rng: random.Random, user_id: str) -> dict[str, object]:
         "event_name": name,
         "user_id": user_id,
         "timestamp": f"2024-05-{1 + int(r() * 28):02d}T{int(r() * 24):02d}:"
-                     f"{int(r() * 60):02d}:{int(r() * 60):02d}.{int(r() * 1000):03d}Z",
+        f"{int(r() * 60):02d}:{int(r() * 60):02d}.{int(r() * 1000):03d}Z",
         "properties": {
             "page": PAGES[int(r() * len(PAGES))],
             "referrer": REFERRERS[int(r() * len(REFERRERS))],
@@ -165,8 +187,14 @@ def generate(n_events: int, seed: int = 20240501) -> DataSet:
                 pending.pop()
             if user not in person.known:
                 person.known.append(user)
-            body = encode({"event_family": "system", "event_name": "identify", "user_id": user,
-                           "previous_user_id": prev})
+            body = encode(
+                {
+                    "event_family": "system",
+                    "event_name": "identify",
+                    "user_id": user,
+                    "previous_user_id": prev,
+                }
+            )
             data.n_identify += 1
         else:
             tenant = tenant_names[bisect.bisect(tenant_cum, rng.random() * tenant_cum[-1])]
@@ -196,19 +224,24 @@ def load(client: redis.Redis, stream: str, entries: list[RawFields], chunk: int 
     """XADD every entry, ``chunk`` per pipeline round trip."""
     for start in range(0, len(entries), chunk):
         pipe = client.pipeline(transaction=False)
-        for fields in entries[start:start + chunk]:
+        for fields in entries[start : start + chunk]:
             pipe.xadd(stream, fields)  # type: ignore[arg-type]
         pipe.execute()
 
 
-def reset_group(client: redis.Redis, stream: str, group: str, prefixes: tuple[str, ...],
-                extra_keys: tuple[str, ...] = ()) -> None:
+def reset_group(
+    client: redis.Redis,
+    stream: str,
+    group: str,
+    prefixes: tuple[str, ...],
+    extra_keys: tuple[str, ...] = (),
+) -> None:
     """Drop outputs, alias hashes and the group; recreate the group at 0 (all unread)."""
     doomed = list(extra_keys)
     for prefix in prefixes:
         doomed.extend(k.decode() for k in client.scan_iter(match=prefix + "*", count=1000))
     for start in range(0, len(doomed), 500):
-        client.delete(*doomed[start:start + 500])
+        client.delete(*doomed[start : start + 500])
     groups: set[str] = set()
     if client.exists(stream):
         groups = {g["name"].decode() for g in client.xinfo_groups(stream)}

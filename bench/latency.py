@@ -146,8 +146,13 @@ def produce(url: str, rate: int, seconds: float) -> dict[str, Any]:
         sent = due
     usage = resource.getrusage(resource.RUSAGE_SELF)
     total_cpu = usage.ru_utime + usage.ru_stime
-    return {"sent": sent, "seconds": time.perf_counter() - started, "cpu_seconds": total_cpu,
-            "pacing_cpu_seconds": total_cpu - setup_cpu, "rtt_ms": rtts}
+    return {
+        "sent": sent,
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": total_cpu,
+        "pacing_cpu_seconds": total_cpu - setup_cpu,
+        "rtt_ms": rtts,
+    }
 
 
 def read(url: str, out_path: str, max_s: float) -> dict[str, Any]:
@@ -161,8 +166,9 @@ def read(url: str, out_path: str, max_s: float) -> dict[str, Any]:
     last_seen = time.monotonic()
     stream = OUTPUT.encode()
     while time.monotonic() < deadline:
-        [reply] = conn.call(_resp(b"XREAD", b"COUNT", b"1000", b"BLOCK", b"100", b"STREAMS",
-                                  stream, last_id), 1)
+        [reply] = conn.call(
+            _resp(b"XREAD", b"COUNT", b"1000", b"BLOCK", b"100", b"STREAMS", stream, last_id), 1
+        )
         now = time.time()
         if not reply:
             if delays and time.monotonic() - last_seen > READER_IDLE_S:
@@ -221,14 +227,31 @@ def _id_delays(client: redis.Redis) -> list[int]:
         start = "(" + chunk[-1][0].decode()
 
 
-def _drive(server: RedisServer, worker: subprocess.Popen[bytes], result: LatencyResult,
-           recv_path: Path) -> None:
+def _drive(
+    server: RedisServer, worker: subprocess.Popen[bytes], result: LatencyResult, recv_path: Path
+) -> None:
     """Start the reader, run the paced producer to the end, wait for the reader."""
     seconds = result.seconds
     reader = subprocess.Popen(
-        pinned([sys.executable, "-m", "bench.latency", "read", "--url", server.url,
-                "--seconds", str(seconds), "--out", str(recv_path)], CPU_REDIS),
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        pinned(
+            [
+                sys.executable,
+                "-m",
+                "bench.latency",
+                "read",
+                "--url",
+                server.url,
+                "--seconds",
+                str(seconds),
+                "--out",
+                str(recv_path),
+            ],
+            CPU_REDIS,
+        ),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert reader.stdout is not None
         reader.stdout.readline()  # "ready"
@@ -240,8 +263,9 @@ def _drive(server: RedisServer, worker: subprocess.Popen[bytes], result: Latency
         result.worker_cpu_s = proc_cpu(worker.pid) - cpu0
         result.redis_cpu_s = server.cpu_seconds() - redis_cpu0
         result.reader_cpu_s = proc_cpu(reader.pid) - reader_cpu0
-        result.other_cpu_s = machine.other(result.worker_cpu_s + result.redis_cpu_s
-                                           + result.reader_cpu_s + result.producer_cpu_s)
+        result.other_cpu_s = machine.other(
+            result.worker_cpu_s + result.redis_cpu_s + result.reader_cpu_s + result.producer_cpu_s
+        )
         deadline = time.monotonic() + seconds + 90
         while reader.poll() is None and worker.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -265,9 +289,27 @@ def _produce(server: RedisServer, result: LatencyResult) -> bool:
     """Run the paced producer to the end and record what it reports; False if it failed."""
     seconds = result.seconds
     done = subprocess.run(
-        pinned([sys.executable, "-m", "bench.latency", "produce", "--url", server.url,
-                "--rate", str(result.rate), "--seconds", str(seconds)], CPU_REDIS),
-        cwd=ROOT, capture_output=True, text=True, check=False, timeout=seconds * 5 + 60)
+        pinned(
+            [
+                sys.executable,
+                "-m",
+                "bench.latency",
+                "produce",
+                "--url",
+                server.url,
+                "--rate",
+                str(result.rate),
+                "--seconds",
+                str(seconds),
+            ],
+            CPU_REDIS,
+        ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=seconds * 5 + 60,
+    )
     if done.returncode != 0:
         result.error = f"producer failed: {done.stderr.strip()[-600:]}"
         return False
@@ -279,23 +321,53 @@ def _produce(server: RedisServer, result: LatencyResult) -> bool:
     return True
 
 
-def run_latency(server: RedisServer, *, rate: int, seconds: float, block_ms: int,
-                batch_size: int = 500, tmpdir: Path, copy_loop: bool = False) -> LatencyResult:
+def run_latency(
+    server: RedisServer,
+    *,
+    rate: int,
+    seconds: float,
+    block_ms: int,
+    batch_size: int = 500,
+    tmpdir: Path,
+    copy_loop: bool = False,
+) -> LatencyResult:
     """The worker under a paced load; with ``copy_loop``, the copy loop as the baseline."""
     result = LatencyResult(rate, seconds, block_ms)
     client = server.client()
     client.delete(INPUT, OUTPUT, DEAD, *client.scan_iter(match=ALIAS + "*"))
-    env = worker_env(server.url, input_stream=INPUT, output_stream=OUTPUT, dead_stream=DEAD,
-                     alias_prefix=ALIAS, consumer="lat-1", block_ms=block_ms,
-                     batch_size=batch_size, log_level="warning")
+    env = worker_env(
+        server.url,
+        input_stream=INPUT,
+        output_stream=OUTPUT,
+        dead_stream=DEAD,
+        alias_prefix=ALIAS,
+        consumer="lat-1",
+        block_ms=block_ms,
+        batch_size=batch_size,
+        log_level="warning",
+    )
     command = [sys.executable, "-m", "worker", "run"]
     if copy_loop:
-        command = [sys.executable, "-m", "bench.copyloop", "--url", server.url, "--stream", INPUT,
-                   "--output", OUTPUT, "--batch", str(batch_size), "--follow", str(block_ms)]
+        command = [
+            sys.executable,
+            "-m",
+            "bench.copyloop",
+            "--url",
+            server.url,
+            "--stream",
+            INPUT,
+            "--output",
+            OUTPUT,
+            "--batch",
+            str(batch_size),
+            "--follow",
+            str(block_ms),
+        ]
     recv_path = tmpdir / "recv-delays.json"
     with open(tmpdir / "latency-worker.log", "wb") as log:
-        worker = subprocess.Popen(pinned(command, CPU_WORKER),
-                                  env=env, cwd=ROOT, stdout=log, stderr=log)
+        worker = subprocess.Popen(
+            pinned(command, CPU_WORKER), env=env, cwd=ROOT, stdout=log, stderr=log
+        )
         try:
             if _wait_group(client):
                 _drive(server, worker, result, recv_path)

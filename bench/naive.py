@@ -22,8 +22,16 @@ __all__ = ["main", "run"]
 MAX_HOPS = 32
 
 
-def run(client: redis.Redis, *, stream: str, group: str, consumer: str, output: str,
-        alias_prefix: str, limit: int) -> dict[str, Any]:
+def run(
+    client: redis.Redis,
+    *,
+    stream: str,
+    group: str,
+    consumer: str,
+    output: str,
+    alias_prefix: str,
+    limit: int,
+) -> dict[str, Any]:
     handled = emitted = hgets = 0
     started: float | None = None
     ended = 0.0
@@ -67,8 +75,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--alias-prefix", default="alias:")
     args = parser.parse_args(argv)
     client = redis.Redis.from_url(args.url, decode_responses=True)
-    result = run(client, stream=args.stream, group=args.group, consumer=args.consumer,
-                 output=args.output, alias_prefix=args.alias_prefix, limit=args.limit)
+    result = run(
+        client,
+        stream=args.stream,
+        group=args.group,
+        consumer=args.consumer,
+        output=args.output,
+        alias_prefix=args.alias_prefix,
+        limit=args.limit,
+    )
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
     print(json.dumps(result))

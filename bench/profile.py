@@ -74,9 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.idle:
             cmd.append("--idle")
         cmd += ["--", *pinned([sys.executable, "-m", "worker", "run", "--drain"], CPU_WORKER)]
-        done = subprocess.run(cmd, env=worker_env(server.url, consumer="profile", block_ms=50,
-                                                  log_level="warning"),
-                              cwd=ROOT, capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            cmd,
+            env=worker_env(server.url, consumer="profile", block_ms=50, log_level="warning"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
             print(done.stderr[-2000:], file=sys.stderr)
             return 1
@@ -87,9 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     total, own, inclusive = self_times(Path(args.out).read_text())
     rate = f"{after_first / span:,.0f} emitted/s" if span else "n/a"
     report = Report()
-    report.line(f"{args.events:,} entries, {emitted:,} emitted, {rate} under py-spy "
-                f"({args.rate} Hz{', idle samples kept' if args.idle else ''}); "
-                f"{total:,} samples inside Worker.loop")
+    report.line(
+        f"{args.events:,} entries, {emitted:,} emitted, {rate} under py-spy "
+        f"({args.rate} Hz{', idle samples kept' if args.idle else ''}); "
+        f"{total:,} samples inside Worker.loop"
+    )
     report.line(f"\ntop {args.top} by self time:")
     for rank, (frame, n) in enumerate(own.most_common(args.top), 1):
         report.line(f"{rank:3}. {n / total:6.1%}  {frame}")

@@ -17,14 +17,23 @@ from .throughput import Run, reset, run_workers
 __all__ = ["run_replicas"]
 
 
-def run_replicas(server: RedisServer, counts: Sequence[int], *, startup_s: float,
-                 batch_size: int, stall_s: float) -> list[Run]:
+def run_replicas(
+    server: RedisServer, counts: Sequence[int], *, startup_s: float, batch_size: int, stall_s: float
+) -> list[Run]:
     client = server.client()
     runs = []
     for n in counts:
         reset(client)
-        runs.append(run_workers(server, n, cpu=None, startup_s=startup_s, batch_size=batch_size,
-                                stall_s=stall_s,
-                                name=f"{n} replica{'s' if n > 1 else ''}"))
+        runs.append(
+            run_workers(
+                server,
+                n,
+                cpu=None,
+                startup_s=startup_s,
+                batch_size=batch_size,
+                stall_s=stall_s,
+                name=f"{n} replica{'s' if n > 1 else ''}",
+            )
+        )
     reset(client)
     return runs

@@ -21,8 +21,9 @@ def check(ok: bool) -> str:
     return "MET" if ok else "MISSED"
 
 
-def histogram(values: Sequence[float], edges: Sequence[float], width: int = 40,
-              unit: str = "ms") -> list[str]:
+def histogram(
+    values: Sequence[float], edges: Sequence[float], width: int = 40, unit: str = "ms"
+) -> list[str]:
     """One line per bucket ``[edge_i, edge_i+1)`` plus an overflow bucket."""
     counts = [0] * (len(edges) + 1)
     for value in values:
@@ -41,8 +42,10 @@ def histogram(values: Sequence[float], edges: Sequence[float], width: int = 40,
         lower = edge
     labels.append(f">= {lower:g} {unit}")
     pad = max(len(label) for label in labels)
-    return [f"  {label:<{pad}} {count:>9,} {count / total:6.1%} {'#' * round(width * count / peak)}"
-            for label, count in zip(labels, counts, strict=True)]
+    return [
+        f"  {label:<{pad}} {count:>9,} {count / total:6.1%} {'#' * round(width * count / peak)}"
+        for label, count in zip(labels, counts, strict=True)
+    ]
 
 
 class Report:
@@ -61,8 +64,9 @@ class Report:
         self.line(title)
         self.line("=" * len(title))
 
-    def table(self, headers: Sequence[str], rows: Sequence[Sequence[object]],
-              align: str | None = None) -> None:
+    def table(
+        self, headers: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None
+    ) -> None:
         """``align``: one char per column, ``l`` or ``r`` (default: first l, rest r)."""
         cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
         widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]

@@ -123,8 +123,13 @@ def warm_costs(client: redis.Redis, rng: random.Random) -> list[WarmResult]:
         return len(ids)
 
     results.append(WarmResult("AliasCache.get", _per_item_us(get_all), "one dict hit"))
-    results.append(WarmResult("resolver.walk (warm, 1 hop to root)", _per_item_us(walk_all),
-                              "100k ids, 10% linked, path-compressed"))
+    results.append(
+        WarmResult(
+            "resolver.walk (warm, 1 hop to root)",
+            _per_item_us(walk_all),
+            "100k ids, 10% linked, path-compressed",
+        )
+    )
 
     resolver = Resolver(client, key_prefix=PREFIX, cache=cache, max_depth=MAX_DEPTH)
     batch = ids[:500]
@@ -134,13 +139,24 @@ def warm_costs(client: redis.Redis, rng: random.Random) -> list[WarmResult]:
         resolver.resolve_many("acme", batch)
         return len(batch)
 
-    results.append(WarmResult("Resolver.resolve_many (warm, 500 ids)", _per_item_us(resolve_batch),
-                              "incl. its 1 HMGET round trip re-verifying roots"))
+    results.append(
+        WarmResult(
+            "Resolver.resolve_many (warm, 500 ids)",
+            _per_item_us(resolve_batch),
+            "incl. its 1 HMGET round trip re-verifying roots",
+        )
+    )
 
     raw = _raw_entries(500, seed=4242)
     parser = Parser(64 * 1024)
-    planner = Planner(AliasCache(1_000_000), LinkRules(), CommitCommand(Settings()),
-                      key_prefix=PREFIX, max_depth=32, forward_identify=False)
+    planner = Planner(
+        AliasCache(1_000_000),
+        LinkRules(),
+        CommitCommand(Settings()),
+        key_prefix=PREFIX,
+        max_depth=32,
+        forward_identify=False,
+    )
 
     def parse_batch() -> int:
         for eid, fields in raw:
@@ -157,15 +173,26 @@ def warm_costs(client: redis.Redis, rng: random.Random) -> list[WarmResult]:
         planner.plan(entries)
         return len(entries)
 
-    results.append(WarmResult("worker Parser.parse", _per_item_us(parse_batch),
-                              "msgspec decode of 4 fields of a ~300 B event"))
-    results.append(WarmResult("worker Planner.plan (warm)", _per_item_us(plan_batch),
-                              "500-entry batch, no I/O: walk + verify list + emit args + pack"))
+    results.append(
+        WarmResult(
+            "worker Parser.parse",
+            _per_item_us(parse_batch),
+            "msgspec decode of 4 fields of a ~300 B event",
+        )
+    )
+    results.append(
+        WarmResult(
+            "worker Planner.plan (warm)",
+            _per_item_us(plan_batch),
+            "500-entry batch, no I/O: walk + verify list + emit args + pack",
+        )
+    )
     return results
 
 
-def _write_chains(client: redis.Redis, rng: random.Random, tenant: str, n: int
-                  ) -> tuple[list[str], dict[str, str], list[int]]:
+def _write_chains(
+    client: redis.Redis, rng: random.Random, tenant: str, n: int
+) -> tuple[list[str], dict[str, str], list[int]]:
     """``n`` start ids with chains of depth 1..8 (round robin) in ``PREFIX + tenant``."""
     starts, roots, depths = [], {}, []
     pipe = client.pipeline(transaction=False)
@@ -203,9 +230,18 @@ def cold_batch(client: redis.Redis, rng: random.Random, repeats: int = 5) -> lis
         trips = resolver.round_trips
         if got != [roots[s] for s in starts]:
             raise AssertionError("Resolver.resolve_many returned wrong roots")
-    results.append(ColdResult("Resolver.resolve_many, cold cache", len(starts), 1, depth_text,
-                              trips, commands, statistics.median(walls),
-                              "pipelined HMGET per hop level"))
+    results.append(
+        ColdResult(
+            "Resolver.resolve_many, cold cache",
+            len(starts),
+            1,
+            depth_text,
+            trips,
+            commands,
+            statistics.median(walls),
+            "pipelined HMGET per hop level",
+        )
+    )
 
     walls = []
     for _ in range(repeats):
@@ -221,15 +257,27 @@ def cold_batch(client: redis.Redis, rng: random.Random, repeats: int = 5) -> lis
                 node = target.decode()
         walls.append((time.perf_counter() - started) * 1000)
         commands = _commands(client) - before
-    results.append(ColdResult("naive HGET per hop (same batch)", len(starts), 1, depth_text,
-                              commands, commands, statistics.median(walls),
-                              "one round trip per hop + 1 per id"))
+    results.append(
+        ColdResult(
+            "naive HGET per hop (same batch)",
+            len(starts),
+            1,
+            depth_text,
+            commands,
+            commands,
+            statistics.median(walls),
+            "one round trip per hop + 1 per id",
+        )
+    )
 
     # the worker itself: one cold batch of 500 events over 4 tenants through Recovery.process
     tenants = ("t1", "t2", "t3", "t4")
     per_tenant = {t: _write_chains(client, rng, t, 125) for t in tenants}
-    expected = {(t, start): root for t, (_, roots_t, _) in per_tenant.items()
-                for start, root in roots_t.items()}
+    expected = {
+        (t, start): root
+        for t, (_, roots_t, _) in per_tenant.items()
+        for start, root in roots_t.items()
+    }
     walls, trips, commands = [], 0, 0
     note = "parse + plan + commit, as the worker runs a batch"
     try:
@@ -238,9 +286,18 @@ def cold_batch(client: redis.Redis, rng: random.Random, repeats: int = 5) -> lis
             walls.append(wall)
     except Exception as exc:  # the worker is edited concurrently: report, don't abort C
         note = f"FAILED: {type(exc).__name__}: {exc}"[:200]
-    results.append(ColdResult("worker Recovery.process, cold cache", len(expected), len(tenants),
-                              depth_text, trips, commands,
-                              statistics.median(walls) if walls else float("nan"), note))
+    results.append(
+        ColdResult(
+            "worker Recovery.process, cold cache",
+            len(expected),
+            len(tenants),
+            depth_text,
+            trips,
+            commands,
+            statistics.median(walls) if walls else float("nan"),
+            note,
+        )
+    )
     return results
 
 
@@ -264,26 +321,43 @@ class _QuietLog:
         return ignore
 
 
-def _worker_cold_batch(client: redis.Redis, per_tenant: dict[str, Any],
-                       expected: dict[tuple[str, str], str]) -> tuple[int, int, float]:
+def _worker_cold_batch(
+    client: redis.Redis, per_tenant: dict[str, Any], expected: dict[tuple[str, str], str]
+) -> tuple[int, int, float]:
     """(round trips, Redis commands, wall ms) of Worker.process on 500 cold events."""
     stream, output = "rb:events", "rb:out"
     client.delete(stream, output, "rb:dead")
     pipe = client.pipeline(transaction=False)
     for tenant, (starts, _, _) in per_tenant.items():
         for uid in starts:
-            body = (b'{"event_family":"web","event_name":"page_view","user_id":"' + uid.encode()
-                    + b'","properties":{"page":"/"}}')
+            body = (
+                b'{"event_family":"web","event_name":"page_view","user_id":"'
+                + uid.encode()
+                + b'","properties":{"page":"/"}}'
+            )
             pipe.xadd(stream, {"tenant": tenant, "event": body})
     pipe.execute()
     port = client.connection_pool.connection_kwargs["port"]
-    counted = redis.Redis(connection_pool=redis.ConnectionPool(
-        connection_class=_CountingConnection, host="127.0.0.1", port=port, protocol=2))
-    settings = Settings.from_env({}, {
-        "redis_url": f"redis://127.0.0.1:{port}/0", "input_stream": stream,
-        "output_stream": output, "dead_stream": "rb:dead", "alias_prefix": PREFIX,
-        "group": "rb", "consumer": "rb-1", "metrics_port": 0, "batch_size": 1000,
-        "block_ms": 10})
+    counted = redis.Redis(
+        connection_pool=redis.ConnectionPool(
+            connection_class=_CountingConnection, host="127.0.0.1", port=port, protocol=2
+        )
+    )
+    settings = Settings.from_env(
+        {},
+        {
+            "redis_url": f"redis://127.0.0.1:{port}/0",
+            "input_stream": stream,
+            "output_stream": output,
+            "dead_stream": "rb:dead",
+            "alias_prefix": PREFIX,
+            "group": "rb",
+            "consumer": "rb-1",
+            "metrics_port": 0,
+            "batch_size": 1000,
+            "block_ms": 10,
+        },
+    )
     worker = Worker(settings, counted, Metrics(), _QuietLog())
     worker.startup()
     raw = worker.stream.read(1000, None)
@@ -295,11 +369,14 @@ def _worker_cold_batch(client: redis.Redis, per_tenant: dict[str, Any],
     trips = _CountingConnection.sends
     commands = _commands(client) - before
     got: Any = client.xrange(output)
-    resolved = {(f[b"tenant"].decode(), json.loads(f[b"event"])["user_id"]):
-                f[b"resolved_user_id"].decode() for _, f in got}
+    resolved = {
+        (f[b"tenant"].decode(), json.loads(f[b"event"])["user_id"]): f[b"resolved_user_id"].decode()
+        for _, f in got
+    }
     if resolved != expected:
-        raise AssertionError(f"Worker.process resolved {len(resolved)} of {len(expected)} "
-                             "cold chains correctly")
+        raise AssertionError(
+            f"Worker.process resolved {len(resolved)} of {len(expected)} cold chains correctly"
+        )
     client.xgroup_destroy(stream, "rb")
     client.delete(stream, output, "rb:dead")
     counted.close()

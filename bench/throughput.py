@@ -32,8 +32,16 @@ from .datagen import reset_group
 from .redis_server import CPU_WORKER, RedisServer, pinned
 from .sysstat import MachineCpu
 
-__all__ = ["INPUT", "OUTPUT", "Run", "noop_startup", "reset", "run_contender", "run_workers",
-           "worker_env"]
+__all__ = [
+    "INPUT",
+    "OUTPUT",
+    "Run",
+    "noop_startup",
+    "reset",
+    "run_contender",
+    "run_workers",
+    "worker_env",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 INPUT, OUTPUT, DEAD, GROUP, ALIAS = "events", "events:enriched", "events:dead", "stitch", "alias:"
@@ -85,8 +93,15 @@ class Run:
 
 def worker_env(url: str, **settings: object) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STITCH_")}
-    env.update({"STITCH_REDIS_URL": url, "STITCH_METRICS_PORT": "0", "STITCH_LOG_LEVEL": "info",
-                "STITCH_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "STITCH_REDIS_URL": url,
+            "STITCH_METRICS_PORT": "0",
+            "STITCH_LOG_LEVEL": "info",
+            "STITCH_LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update({f"STITCH_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 
@@ -172,8 +187,9 @@ def _progress(client: redis.Redis) -> tuple[int, int]:
     return int(client.xlen(OUTPUT)), int(client.xpending(INPUT, GROUP)["pending"])
 
 
-def _wait_all(procs: list[subprocess.Popen[bytes]], client: redis.Redis, timeout_s: float,
-              stall_s: float) -> str:
+def _wait_all(
+    procs: list[subprocess.Popen[bytes]], client: redis.Redis, timeout_s: float, stall_s: float
+) -> str:
     """Wait for every process; kill them all on timeout or when stuck. Returns an error."""
     started = time.monotonic()
     last, last_change = (-1, -1), time.monotonic()
@@ -187,8 +203,9 @@ def _wait_all(procs: list[subprocess.Popen[bytes]], client: redis.Redis, timeout
         if now - started > timeout_s:
             error = f"timed out after {timeout_s:.0f}s"
         elif state[1] > 0 and now - last_change > stall_s:
-            error = (f"STUCK: no progress for {stall_s:.0f}s with {state[1]} entries pending "
-                     "(killed)")
+            error = (
+                f"STUCK: no progress for {stall_s:.0f}s with {state[1]} entries pending (killed)"
+            )
         if error:
             for proc in procs:
                 if proc.poll() is None:
@@ -198,10 +215,18 @@ def _wait_all(procs: list[subprocess.Popen[bytes]], client: redis.Redis, timeout
     return ""
 
 
-def run_workers(server: RedisServer, replicas: int = 1, *, cpu: int | None = CPU_WORKER,
-                startup_s: float = 0.0, batch_size: int = 500, timeout_s: float = 300,
-                stall_s: float = STALL_S, name: str = "lehnz-stitch",
-                extra_env: dict[str, str] | None = None) -> Run:
+def run_workers(
+    server: RedisServer,
+    replicas: int = 1,
+    *,
+    cpu: int | None = CPU_WORKER,
+    startup_s: float = 0.0,
+    batch_size: int = 500,
+    timeout_s: float = 300,
+    stall_s: float = STALL_S,
+    name: str = "lehnz-stitch",
+    extra_env: dict[str, str] | None = None,
+) -> Run:
     """``replicas`` copies of ``python -m worker run --drain`` on the reset stream, at once."""
     client = server.client()
     total_in = int(client.xlen(INPUT))
@@ -215,13 +240,20 @@ def run_workers(server: RedisServer, replicas: int = 1, *, cpu: int | None = CPU
     started = time.perf_counter()
     for n in range(replicas):
         log = logdir / f"worker-{n}.log"
-        env = worker_env(server.url, consumer=f"bench-{n}", block_ms=DRAIN_BLOCK_MS,
-                         batch_size=batch_size)
+        env = worker_env(
+            server.url, consumer=f"bench-{n}", block_ms=DRAIN_BLOCK_MS, batch_size=batch_size
+        )
         env.update(extra_env or {})
         with open(log, "wb") as handle:
-            procs.append(subprocess.Popen(
-                pinned([sys.executable, "-m", "worker", "run", "--drain"], cpu),
-                env=env, cwd=ROOT, stdout=handle, stderr=handle))
+            procs.append(
+                subprocess.Popen(
+                    pinned([sys.executable, "-m", "worker", "run", "--drain"], cpu),
+                    env=env,
+                    cwd=ROOT,
+                    stdout=handle,
+                    stderr=handle,
+                )
+            )
         logs.append(log)
     run.error = _wait_all(procs, client, timeout_s, stall_s)
     wall = time.perf_counter() - started
@@ -244,8 +276,7 @@ def run_workers(server: RedisServer, replicas: int = 1, *, cpu: int | None = CPU
     if run.stuck_pending and not run.error:
         run.error = f"{run.stuck_pending} entries left pending"
     if run.stale_retries:
-        run.note = (f"{run.stale_retries} stale-commit retries, {run.stale_batches} batches "
-                    "given up")
+        run.note = f"{run.stale_retries} stale-commit retries, {run.stale_batches} batches given up"
     if run.error:
         run.error += f" [worker logs: {logdir}]"
     else:
@@ -258,20 +289,37 @@ def noop_startup(server: RedisServer, repeats: int = 3, cpu: int | None = CPU_WO
     """Median wall time of ``worker run --drain`` on an empty stream (start-up + shutdown)."""
     times = []
     for n in range(repeats):
-        env = worker_env(server.url, input_stream=f"bench:empty:{n}",
-                         output_stream="bench:empty:out", consumer="noop",
-                         block_ms=DRAIN_BLOCK_MS)
+        env = worker_env(
+            server.url,
+            input_stream=f"bench:empty:{n}",
+            output_stream="bench:empty:out",
+            consumer="noop",
+            block_ms=DRAIN_BLOCK_MS,
+        )
         started = time.perf_counter()
-        subprocess.run(pinned([sys.executable, "-m", "worker", "run", "--drain"], cpu), env=env,
-                       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            pinned([sys.executable, "-m", "worker", "run", "--drain"], cpu),
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
         times.append(time.perf_counter() - started)
     server.client().delete(*[f"bench:empty:{n}" for n in range(repeats)], "bench:empty:out")
     return sorted(times)[len(times) // 2]
 
 
-def run_contender(server: RedisServer, module: str, name: str, args: list[str],
-                  *, cpu: int | None = CPU_WORKER, note: str = "",
-                  timeout_s: float = 300) -> Run:
+def run_contender(
+    server: RedisServer,
+    module: str,
+    name: str,
+    args: list[str],
+    *,
+    cpu: int | None = CPU_WORKER,
+    note: str = "",
+    timeout_s: float = 300,
+) -> Run:
     """``python -m bench.<module>`` on the reset stream; it prints one JSON result line."""
     client = server.client()
     run = Run(name, note=note)
@@ -280,8 +328,14 @@ def run_contender(server: RedisServer, module: str, name: str, args: list[str],
     machine = MachineCpu().start()
     try:
         cmd = [sys.executable, "-m", module, "--url", server.url, *args]
-        done = subprocess.run(pinned(cmd, cpu), cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout_s, check=False)
+        done = subprocess.run(
+            pinned(cmd, cpu),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         run.error = f"timed out after {timeout_s:.0f}s"
         return run

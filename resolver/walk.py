@@ -90,8 +90,6 @@ def cycle_representative(
     return min(loop)
 
 
-def _next(
-    cache: AliasCache, tenant: str, node: str, overlay: dict[str, str] | None
-) -> str | None:
+def _next(cache: AliasCache, tenant: str, node: str, overlay: dict[str, str] | None) -> str | None:
     nxt = overlay.get(node) if overlay is not None else None
     return nxt if nxt is not None else cache.get(tenant, node)

@@ -47,8 +47,9 @@ PLACEHOLDER_IDS = frozenset({"null", "anonymous", "undefined"})
 """The only placeholder ids the generators use (all on the worker's default list)."""
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.02) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02
+) -> Any:
     """Poll ``predicate`` until it is truthy; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -60,8 +61,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
         time.sleep(interval)
 
 
-def add_many(client: redis.Redis, rows: Iterable[tuple[str, dict[str, Any]]],
-             stream: str = INPUT) -> list[str]:
+def add_many(
+    client: redis.Redis, rows: Iterable[tuple[str, dict[str, Any]]], stream: str = INPUT
+) -> list[str]:
     """XADD (tenant, payload) rows in one pipeline; returns their ids in order."""
     pipe = client.pipeline(transaction=False)
     for tenant, payload in rows:
@@ -81,6 +83,7 @@ def group_state(client: redis.Redis, stream: str = INPUT, group: str = GROUP) ->
 
 def wait_group_done(client: redis.Redis, timeout: float, stream: str = INPUT) -> None:
     """Wait until the group has delivered everything (lag 0) and acked everything (pending 0)."""
+
     def done() -> bool:
         try:
             state = group_state(client, stream)
@@ -141,8 +144,9 @@ def stop_gracefully(proc: subprocess.Popen[bytes], timeout: float) -> int:
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"worker pid {proc.pid} still running {timeout:g}s after SIGTERM") \
-            from None
+        raise AssertionError(
+            f"worker pid {proc.pid} still running {timeout:g}s after SIGTERM"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -169,12 +173,17 @@ def record_alias_writes(
                     words = command["command"].split()
                     if token in words:
                         return
-                    if len(words) >= 4 and words[0].upper() == "HSET" \
-                            and words[1].startswith("alias:") and ":" not in words[1][6:]:
+                    if (
+                        len(words) >= 4
+                        and words[0].upper() == "HSET"
+                        and words[1].startswith("alias:")
+                        and ":" not in words[1][6:]
+                    ):
                         tenant = words[1].removeprefix("alias:")
                         pairs = words[2:]
-                        writes.extend((tenant, pairs[i], pairs[i + 1])
-                                      for i in range(0, len(pairs) - 1, 2))
+                        writes.extend(
+                            (tenant, pairs[i], pairs[i + 1]) for i in range(0, len(pairs) - 1, 2)
+                        )
         except BaseException as exc:
             errors.append(exc)
             listening.set()
@@ -247,4 +256,3 @@ def has_cycle(links: dict[str, str]) -> bool:
             node = links.get(node)
         done.update(path)
     return False
-

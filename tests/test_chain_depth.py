@@ -39,7 +39,9 @@ def test_forty_page_view_links_through_the_worker(real_redis: redis.Redis) -> No
     assert real_redis.hget("alias:t1", "id32") is None  # the 33rd link, id32 -> id33
     assert real_redis.hlen("alias:t1") == 39
     assert {sources[s]: r for s, r in resolved_by_source(real_redis).items()} == {
-        "id0": "id32", "id5": "id32", "id20": "id32"
+        "id0": "id32",
+        "id5": "id32",
+        "id20": "id32",
     }
     assert heights(real_redis) == {"id32": 32, "id40": 7, "": 39}
     resolver = Resolver(real_redis)
@@ -70,7 +72,10 @@ def test_library_link_refuses_the_33rd_page_view_link(real_redis: redis.Redis) -
     assert outcomes.count(LinkOutcome.APPLIED) == 39
     assert heights(real_redis) == {"id32": 32, "id40": 7, "": 39}
     assert resolver.resolve_many("t1", ["id0", "id5", "id20", "id33"]) == [
-        "id32", "id32", "id32", "id40"
+        "id32",
+        "id32",
+        "id32",
+        "id40",
     ]
 
 

@@ -31,7 +31,10 @@ SECRET = "s3cr:t@p/ss?#"
         (f"redis://u:{SECRET}@redis:6379/0", "redis://u:***@redis:6379/0"),
         (f"redis://u:{quote(SECRET, safe='')}@h/0", "redis://u:***@h/0"),
         ("unix://u:hunter2@/run/redis.sock?db=1", "unix://u:***@/run/redis.sock?db=1"),
-        ("unix:///run/redis.sock?password=hunter2&db=1", "unix:///run/redis.sock?password=***&db=1"),
+        (
+            "unix:///run/redis.sock?password=hunter2&db=1",
+            "unix:///run/redis.sock?password=***&db=1",
+        ),
         ("redis://h:6379/0?db=2&Password=hunter2", "redis://h:6379/0?db=2&Password=***"),
     ],
 )
@@ -52,8 +55,9 @@ def test_password_file_strips_the_trailing_newline(tmp_path: Path) -> None:
     assert PasswordFile(str(path)).get_credentials() == (" pass word ",)
 
 
-@pytest.mark.parametrize("content", [None, "", "\n", b"\xff\xfe"], ids=["missing", "empty",
-                                                                      "newline", "not-utf8"])
+@pytest.mark.parametrize(
+    "content", [None, "", "\n", b"\xff\xfe"], ids=["missing", "empty", "newline", "not-utf8"]
+)
 def test_unusable_password_file_is_a_config_error(tmp_path: Path, content: str | None) -> None:
     """A missing, empty or undecodable file stops start-up naming the variable."""
     path = tmp_path / "pw"
@@ -71,24 +75,37 @@ def test_unusable_password_file_is_a_config_error(tmp_path: Path, content: str |
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
-        ({"STITCH_REDIS_URL": "redis://u:pw@h/0", "STITCH_REDIS_PASSWORD_FILE": "/f"},
-         "STITCH_REDIS_PASSWORD_FILE"),
-        ({"STITCH_REDIS_URL": "redis://h/0?password=pw", "STITCH_REDIS_PASSWORD_FILE": "/f"},
-         "STITCH_REDIS_PASSWORD_FILE"),
-        ({"STITCH_REDIS_URL": "redis://h/0", "STITCH_REDIS_CA_FILE": "/ca.pem"},
-         "STITCH_REDIS_CA_FILE"),
-        ({"STITCH_REDIS_URL": "rediss://h/0", "STITCH_REDIS_KEY_FILE": "/k.pem"},
-         "STITCH_REDIS_KEY_FILE"),
+        (
+            {"STITCH_REDIS_URL": "redis://u:pw@h/0", "STITCH_REDIS_PASSWORD_FILE": "/f"},
+            "STITCH_REDIS_PASSWORD_FILE",
+        ),
+        (
+            {"STITCH_REDIS_URL": "redis://h/0?password=pw", "STITCH_REDIS_PASSWORD_FILE": "/f"},
+            "STITCH_REDIS_PASSWORD_FILE",
+        ),
+        (
+            {"STITCH_REDIS_URL": "redis://h/0", "STITCH_REDIS_CA_FILE": "/ca.pem"},
+            "STITCH_REDIS_CA_FILE",
+        ),
+        (
+            {"STITCH_REDIS_URL": "rediss://h/0", "STITCH_REDIS_KEY_FILE": "/k.pem"},
+            "STITCH_REDIS_KEY_FILE",
+        ),
         ({"STITCH_REDIS_URL": "rediss://h/0?ssl_cert_reqs=none"}, "STITCH_REDIS_URL"),
         ({"STITCH_REDIS_URL": f"http://u:{SECRET}@h/0"}, "STITCH_REDIS_URL"),
         ({"STITCH_REDIS_URL": "redis://stitch-worker@h/0"}, "STITCH_REDIS_URL"),
     ],
-    ids=["password-twice", "query-password-twice", "ca-without-tls", "key-without-cert",
-         "verification-off", "bad-scheme", "user-without-password"],
+    ids=[
+        "password-twice",
+        "query-password-twice",
+        "ca-without-tls",
+        "key-without-cert",
+        "verification-off",
+        "bad-scheme",
+        "user-without-password",
+    ],
 )
-def test_contradictory_connection_settings_are_refused(
-    env: dict[str, str], variable: str
-) -> None:
+def test_contradictory_connection_settings_are_refused(env: dict[str, str], variable: str) -> None:
     """Settings that would be ambiguous or silently ignored stop start-up, and the message
     never echoes the URL (it may hold a password)."""
     with pytest.raises(ConfigError, match=f"^{variable}: ") as caught:
@@ -104,7 +121,10 @@ def test_unusable_tls_file_is_a_config_error(tmp_path: Path, variable: str) -> N
     not_pem.write_text("hello\n")
     for path in (tmp_path / "missing.pem", not_pem):
         result = cli(
-            "resolve", "--tenant", "acme", "x",
+            "resolve",
+            "--tenant",
+            "acme",
+            "x",
             env={"STITCH_REDIS_URL": "rediss://127.0.0.1:1/0", variable: str(path)},
         )
         assert result.returncode == 2

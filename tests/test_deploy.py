@@ -47,6 +47,7 @@ def _k8s_version() -> str:
 
 K8S_VERSION = _k8s_version()
 
+
 def _exported_metrics() -> frozenset[str]:
     """Every family and sample name the worker's registry exports (scrape-time gauges too)."""
     metrics = Metrics()
@@ -223,8 +224,9 @@ def test_deployment_wiring() -> None:
     assert config["STITCH_REDIS_URL"].startswith("redis://stitch-worker@")
     assert redact(config["STITCH_REDIS_URL"]) == config["STITCH_REDIS_URL"]  # no password
     secret = the("Secret")
-    [volume] = [v for v in the("Deployment")["spec"]["template"]["spec"]["volumes"]
-                if "secret" in v]
+    [volume] = [
+        v for v in the("Deployment")["spec"]["template"]["spec"]["volumes"] if "secret" in v
+    ]
     assert volume["secret"]["secretName"] == secret["metadata"]["name"]
     [item] = volume["secret"]["items"]
     assert item["key"] == "password" and item["key"] in secret["stringData"]

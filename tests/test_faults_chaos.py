@@ -44,8 +44,13 @@ PAUSE_S = 1.6
 """Longer than STITCH_CLAIM_IDLE_MS plus one claim interval: what it holds gets reclaimed."""
 MAX_CHAIN = 8
 WORKER_SETTINGS: dict[str, object] = {
-    "batch_size": 50, "block_ms": 200, "claim_idle_ms": 1000, "claim_interval_ms": 300,
-    "consumer_idle_ms": 4000, "max_deliveries": 1000, "shutdown_timeout_s": 10,
+    "batch_size": 50,
+    "block_ms": 200,
+    "claim_idle_ms": 1000,
+    "claim_interval_ms": 300,
+    "consumer_idle_ms": 4000,
+    "max_deliveries": 1000,
+    "shutdown_timeout_s": 10,
 }
 
 
@@ -99,8 +104,11 @@ class Traffic:
             out.append((root, start, "cycle"))
         if self.nodes[tenant]:
             some = rng.choice(self.nodes[tenant])
-            out += [(some, some, "noop"), ("null", some, "placeholder"),
-                    (some, "anonymous", "placeholder")]
+            out += [
+                (some, some, "noop"),
+                ("null", some, "placeholder"),
+                (some, "anonymous", "placeholder"),
+            ]
         union = dict(linked)
         for _ in range(6):
             link = self._fresh(tenant, union, reserved)
@@ -110,15 +118,19 @@ class Traffic:
                 out.append((*link, "applied"))
         return out
 
-    def _fresh(self, tenant: str, union: dict[str, str],
-               reserved: set[str]) -> tuple[str, str] | None:
+    def _fresh(
+        self, tenant: str, union: dict[str, str], reserved: set[str]
+    ) -> tuple[str, str] | None:
         rng = self.rng
         for _ in range(20):
             roots = [n for n in self.nodes[tenant] if n not in union and n not in reserved]
             prev = rng.choice(roots) if roots and rng.random() < 0.6 else None
             prev = prev or self.new_id(tenant, "anon")
-            user = (rng.choice(self.nodes[tenant]) if rng.random() < 0.5
-                    else self.new_id(tenant, "user"))
+            user = (
+                rng.choice(self.nodes[tenant])
+                if rng.random() < 0.5
+                else self.new_id(tenant, "user")
+            )
             if user == prev or _end(union, user) == prev:
                 continue
             trial = {**union, prev: user}
@@ -150,8 +162,7 @@ def _end(links: dict[str, str], uid: str) -> str:
     return _chain(links, uid)[-1]
 
 
-def _produce(client: redis.Redis, traffic: Traffic,
-             sent: dict[str, tuple[str, str, str]]) -> None:
+def _produce(client: redis.Redis, traffic: Traffic, sent: dict[str, tuple[str, str, str]]) -> None:
     for _ in range(ROUNDS):
         links, fresh = traffic.round_links()
         add_many(client, [(t, identify(u, p)) for t, p, u in links])
@@ -165,7 +176,7 @@ def _produce(client: redis.Redis, traffic: Traffic,
         wait_for(stored, 60, "a round's fresh links to be stored", interval=0.05)
         batch = traffic.events(EVENTS_PER_ROUND)
         for chunk in range(0, len(batch), CHUNK):
-            rows = batch[chunk:chunk + CHUNK]
+            rows = batch[chunk : chunk + CHUNK]
             ids = add_many(client, [(t, event(u)) for t, u, _ in rows])
             sent.update(zip(ids, rows, strict=True))
             time.sleep(0.15)
@@ -181,8 +192,11 @@ class Replicas:
         self.kills = self.pauses = 0
 
     def _start(self, name: str) -> subprocess.Popen[bytes]:
-        return self.stack.enter_context(running_worker(
-            self.url, log_path=self.logs / f"{name}.log", consumer=name, **WORKER_SETTINGS))
+        return self.stack.enter_context(
+            running_worker(
+                self.url, log_path=self.logs / f"{name}.log", consumer=name, **WORKER_SETTINGS
+            )
+        )
 
     def victim(self, client: redis.Redis, rng: random.Random) -> int:
         """A replica holding pending entries if one shows up within 0.3 s, else any."""
@@ -212,13 +226,17 @@ class Replicas:
     def stop_all(self) -> list[int]:
         for name in self.names:  # a SIGTERM before the handlers are installed just kills
             log = self.logs / f"{name}.log"
-            wait_for(lambda log=log: any(line.get("event") == "started"
-                                         for line in log_lines(log)), 30, f"{name} started")
+            wait_for(
+                lambda log=log: any(line.get("event") == "started" for line in log_lines(log)),
+                30,
+                f"{name} started",
+            )
         return [stop_gracefully(p, 15) for p in self.procs]
 
 
-def _wrong_resolutions(client: redis.Redis, model: AliasModel,
-                       sent: dict[str, tuple[str, str, str]]) -> list[tuple[str, ...]]:
+def _wrong_resolutions(
+    client: redis.Redis, model: AliasModel, sent: dict[str, tuple[str, str, str]]
+) -> list[tuple[str, ...]]:
     """Outputs whose resolved id is off the user's final chain, or before the chain end
     that was already stored when the event was added."""
     wrong = []
@@ -255,6 +273,7 @@ def test_chaos_sigkill_and_restart_replicas_keeps_exactly_once(
 
     with contextlib.ExitStack() as stack:
         replicas = Replicas(stack, redis_server.url, tmp_path)
+
         def reading() -> bool:
             for name, proc in zip(replicas.names, replicas.procs, strict=True):
                 assert_running(proc, tmp_path / f"{name}.log")
@@ -275,8 +294,12 @@ def test_chaos_sigkill_and_restart_replicas_keeps_exactly_once(
         wait_group_done(c, 90)
         assert replicas.stop_all() == [0, 0, 0]
     assert replicas.kills >= 4 and replicas.pauses >= 2
-    reclaims = [line for log in tmp_path.glob("*.log") for line in log_lines(log)
-                if line.get("event") == "reclaimed idle entries"]
+    reclaims = [
+        line
+        for log in tmp_path.glob("*.log")
+        for line in log_lines(log)
+        if line.get("event") == "reclaimed idle entries"
+    ]
     assert reclaims, "no replica left entries behind: the chaos did not bite"
 
     counts = output_sources(c)

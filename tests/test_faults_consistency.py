@@ -61,8 +61,9 @@ def test_warm_caches_of_every_replica_follow_new_links(
     """After identifies committed through one replica, every other replica whose cache holds
     the old ids as roots resolves later events through the new links (and their chains)."""
     c = real_redis
-    replicas = [make_worker(redis_server.client(), consumer=f"replica-{i}", batch_size=4)
-                for i in range(3)]
+    replicas = [
+        make_worker(redis_server.client(), consumer=f"replica-{i}", batch_size=4) for i in range(3)
+    ]
     for w in replicas:
         w.startup()
     anon = [f"anon-{i}" for i in range(12)]
@@ -158,8 +159,16 @@ def test_racing_identifies_across_replica_threads_keep_first_links(
     once, and the outcome counts add up to the identifies processed."""
     c = real_redis
     rng = random.Random(5)
-    replicas = [make_worker(redis_server.client(), consumer=f"replica-{i}", batch_size=1,
-                            claim_idle_ms=5000, claim_interval_ms=500) for i in range(3)]
+    replicas = [
+        make_worker(
+            redis_server.client(),
+            consumer=f"replica-{i}",
+            batch_size=1,
+            claim_idle_ms=5000,
+            claim_interval_ms=500,
+        )
+        for i in range(3)
+    ]
     for w in replicas:
         w.startup()
     sent = 0
@@ -219,10 +228,21 @@ def test_racing_identifies_across_replica_processes_keep_first_links(
     rows = rows * 2
     names = {f"replica-{i}" for i in range(3)}
     with contextlib.ExitStack() as stack:
-        procs = [stack.enter_context(running_worker(
-            redis_server.url, log_path=tmp_path / f"replica-{i}.log", consumer=f"replica-{i}",
-            batch_size=1, block_ms=100, claim_idle_ms=3000, claim_interval_ms=500))
-            for i in range(3)]
+        procs = [
+            stack.enter_context(
+                running_worker(
+                    redis_server.url,
+                    log_path=tmp_path / f"replica-{i}.log",
+                    consumer=f"replica-{i}",
+                    batch_size=1,
+                    block_ms=100,
+                    claim_idle_ms=3000,
+                    claim_interval_ms=500,
+                )
+            )
+            for i in range(3)
+        ]
+
         def reading() -> bool:
             for i, proc in enumerate(procs):
                 assert_running(proc, tmp_path / f"replica-{i}.log")
@@ -268,8 +288,9 @@ def test_identify_delivered_twice_is_counted_once(real_redis: redis.Redis) -> No
     assert alias_map(c, "acme") == {"anon-a": "real-x"}
     assert slow.totals["duplicates"] == 2
     totals = fast.totals + slow.totals
-    assert {o: totals[f"identify:{o}"] for o in OUTCOMES if totals[f"identify:{o}"]} == \
-        {"applied": 1}
+    assert {o: totals[f"identify:{o}"] for o in OUTCOMES if totals[f"identify:{o}"]} == {
+        "applied": 1
+    }
 
 
 def test_reclaimed_batch_that_stays_stale_is_left_pending_not_fatal(

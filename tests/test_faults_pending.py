@@ -106,8 +106,9 @@ def test_entries_deleted_while_pending_are_acked_and_counted(
     if not own:
         time.sleep(0.2)
 
-    worker = drain(c, consumer="worker-1" if own else "rescuer",
-                   claim_idle_ms=600_000 if own else 100)
+    worker = drain(
+        c, consumer="worker-1" if own else "rescuer", claim_idle_ms=600_000 if own else 100
+    )
 
     assert c.xpending(INPUT, GROUP)["pending"] == 0
     assert all(n == 0 for n in consumers(c).values())
@@ -136,8 +137,9 @@ def test_entries_deleted_while_in_hand_are_acked_and_accounted(real_redis: redis
     emitted = output_sources(c)
     assert set(survivors) <= set(emitted) and all(n == 1 for n in emitted.values())
     assert worker.totals["emitted"] == len(emitted)
-    assert worker.totals["emitted"] + worker.totals["deleted_pending"] == len(ids), \
-        dict(worker.totals)
+    assert worker.totals["emitted"] + worker.totals["deleted_pending"] == len(ids), dict(
+        worker.totals
+    )
 
 
 def test_idle_consumers_without_pending_are_removed(real_redis: redis.Redis) -> None:
@@ -176,7 +178,7 @@ def test_output_and_dead_letter_streams_stay_bounded(real_redis: redis.Redis) ->
     assert worker.totals["dead:event_not_json"] == 1000
     kept = [fields[b"source_id"].decode() for _, fields in c.xrange(OUTPUT)]
     assert 100 <= len(kept) <= 300, len(kept)
-    assert kept == ids[-len(kept):]  # the oldest were trimmed, the newest kept, in order
+    assert kept == ids[-len(kept) :]  # the oldest were trimmed, the newest kept, in order
     dead = [fields[b"source_id"].decode() for _, fields in c.xrange(DEAD)]
     assert 50 <= len(dead) <= 250, len(dead)
-    assert dead == bad[-len(dead):]
+    assert dead == bad[-len(dead) :]

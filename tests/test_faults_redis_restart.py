@@ -45,17 +45,28 @@ def test_worker_survives_redis_sigkill_and_restart(aof_server: RedisServer, tmp_
     log = tmp_path / "worker.log"
     expected: list[str] = []
     in_flight = 0
-    with running_worker(aof_server.url, log_path=log, consumer="survivor", batch_size=20,
-                        block_ms=200, reconnect_give_up_s=120, claim_idle_ms=2000,
-                        claim_interval_ms=500, shutdown_timeout_s=10) as proc:
+    with running_worker(
+        aof_server.url,
+        log_path=log,
+        consumer="survivor",
+        batch_size=20,
+        block_ms=200,
+        reconnect_give_up_s=120,
+        claim_idle_ms=2000,
+        claim_interval_ms=500,
+        shutdown_timeout_s=10,
+    ) as proc:
         add_many(client, [("acme", identify("real-1", "anon-1"))])
         wait_for(lambda: alias_map(client, "acme"), 30, "the link to be stored")
         for _ in range(KILLS):
             emitted_before = client.xlen(OUTPUT)
-            expected += add_many(client, [("acme", event(f"anon-{i % 50}"))
-                                          for i in range(BURST)])
-            wait_for(lambda n=emitted_before, cl=client: cl.xlen(OUTPUT) >= n + 200, 30,
-                     "the worker to get going on the burst", interval=0.005)
+            expected += add_many(client, [("acme", event(f"anon-{i % 50}")) for i in range(BURST)])
+            wait_for(
+                lambda n=emitted_before, cl=client: cl.xlen(OUTPUT) >= n + 200,
+                30,
+                "the worker to get going on the burst",
+                interval=0.005,
+            )
             in_flight += client.xlen(OUTPUT) < len(expected)
             aof_server.kill()
             time.sleep(rng.uniform(0.5, 1.5))
@@ -90,8 +101,13 @@ def test_worker_drops_cached_links_when_redis_comes_back_empty(tmp_path: Path) -
     server = RedisServer(appendonly=False).start()
     try:
         client = server.client()
-        with running_worker(server.url, log_path=tmp_path / "worker.log", consumer="w",
-                            block_ms=2000, reconnect_give_up_s=60) as proc:
+        with running_worker(
+            server.url,
+            log_path=tmp_path / "worker.log",
+            consumer="w",
+            block_ms=2000,
+            reconnect_give_up_s=60,
+        ) as proc:
             add_many(client, [("acme", identify("real-1", "anon-1")), ("acme", event("anon-1"))])
             wait_for(lambda: client.xlen(OUTPUT) == 1, 30, "the first event")
             assert client.xrange(OUTPUT)[0][1][b"resolved_user_id"] == b"real-1"  # cache warm
@@ -102,8 +118,11 @@ def test_worker_drops_cached_links_when_redis_comes_back_empty(tmp_path: Path) -
             server.start()  # empty: the link, the streams and the group are gone
             client = server.client()
             [after] = add_many(client, [("acme", event("anon-1"))])
-            wait_for(lambda: client.exists(OUTPUT) and client.xlen(OUTPUT) == 1, 30,
-                     "the event after the restart")
+            wait_for(
+                lambda: client.exists(OUTPUT) and client.xlen(OUTPUT) == 1,
+                30,
+                "the event after the restart",
+            )
             assert alias_map(client, "acme") == {}
             [(_, fields)] = client.xrange(OUTPUT)
             assert fields[b"source_id"].decode() == after

@@ -36,17 +36,25 @@ def test_sigterm_under_load_finishes_the_batch_and_exits_zero(
     c = real_redis
     ids = add_many(c, [("acme", event(f"u{i % 500}")) for i in range(BACKLOG)])
     log = tmp_path / "first.log"
-    with running_worker(redis_server.url, log_path=log, consumer="first", batch_size=500,
-                        shutdown_timeout_s=SHUTDOWN_TIMEOUT) as proc:
-        wait_for(lambda: c.exists(OUTPUT) and c.xlen(OUTPUT) > 0, 30, "the first batches",
-                 interval=0.002)
+    with running_worker(
+        redis_server.url,
+        log_path=log,
+        consumer="first",
+        batch_size=500,
+        shutdown_timeout_s=SHUTDOWN_TIMEOUT,
+    ) as proc:
+        wait_for(
+            lambda: c.exists(OUTPUT) and c.xlen(OUTPUT) > 0, 30, "the first batches", interval=0.002
+        )
         started = time.monotonic()
         code = stop_gracefully(proc, SHUTDOWN_TIMEOUT + 10)
         took = time.monotonic() - started
     assert code == 0
     assert took < SHUTDOWN_TIMEOUT, f"exit took {took:.1f}s"
-    assert not any(line.get("event") == "shutdown timed out; uncommitted entries stay pending"
-                   for line in log_lines(log))
+    assert not any(
+        line.get("event") == "shutdown timed out; uncommitted entries stay pending"
+        for line in log_lines(log)
+    )
     assert consumers(c)["first"] == 0  # the batch in hand was committed, not abandoned
     emitted_first = c.xlen(OUTPUT)
     assert 0 < emitted_first < BACKLOG, "the worker was not stopped mid-backlog"
@@ -68,15 +76,28 @@ def test_sigterm_during_redis_outage_exits_zero_promptly(tmp_path: Path) -> None
     log = tmp_path / "worker.log"
     try:
         client = server.client()
-        with running_worker(server.url, log_path=log, consumer="w", block_ms=200,
-                            reconnect_give_up_s=120, shutdown_timeout_s=SHUTDOWN_TIMEOUT) as proc:
+        with running_worker(
+            server.url,
+            log_path=log,
+            consumer="w",
+            block_ms=200,
+            reconnect_give_up_s=120,
+            shutdown_timeout_s=SHUTDOWN_TIMEOUT,
+        ) as proc:
             add_many(client, [("acme", event("u1"))])
-            wait_for(lambda: client.exists(OUTPUT) and client.xlen(OUTPUT) == 1, 30,
-                     "the worker to run")
+            wait_for(
+                lambda: client.exists(OUTPUT) and client.xlen(OUTPUT) == 1, 30, "the worker to run"
+            )
             client.close()
             server.kill()
-            wait_for(lambda: any(line.get("event") == "redis unavailable, reconnecting"
-                                 for line in log_lines(log)), 10, "the outage to be noticed")
+            wait_for(
+                lambda: any(
+                    line.get("event") == "redis unavailable, reconnecting"
+                    for line in log_lines(log)
+                ),
+                10,
+                "the outage to be noticed",
+            )
             started = time.monotonic()
             code = stop_gracefully(proc, SHUTDOWN_TIMEOUT + 10)
             took = time.monotonic() - started

@@ -59,8 +59,12 @@ def valid_entries(draw: st.DrawFn) -> Case:
     body: dict[str, Any] = {"event_family": "commerce", "event_name": "view", "user_id": user}
     if draw(st.booleans()):
         prev = draw(valid_ids)
-        body = {"event_family": "system", "event_name": "identify", "user_id": user,
-                "previous_user_id": prev}
+        body = {
+            "event_family": "system",
+            "event_name": "identify",
+            "user_id": user,
+            "previous_user_id": prev,
+        }
     body["properties"] = draw(json_values)
     extra = draw(st.lists(st.tuples(names, st.binary(max_size=40)), max_size=5))
     return _entry(draw(tenants), body, extra), "emit"
@@ -70,13 +74,30 @@ def valid_entries(draw: st.DrawFn) -> Case:
 def invalid_entries(draw: st.DrawFn) -> Case:
     tenant = draw(tenants)
     good = {"event_family": "a", "event_name": "b", "user_id": "u"}
-    kind = draw(st.sampled_from(["long_id", "long_prev", "deep", "fields", "large",
-                                 "utf8", "no_tenant", "huge_deep", "huge_fields"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "long_id",
+                "long_prev",
+                "deep",
+                "fields",
+                "large",
+                "utf8",
+                "no_tenant",
+                "huge_deep",
+                "huge_fields",
+            ]
+        )
+    )
     if kind == "long_id":
         return _entry(tenant, {**good, "user_id": draw(long_ids)}), "dead"
     if kind == "long_prev":
-        body = {"event_family": "system", "event_name": "identify", "user_id": "r",
-                "previous_user_id": draw(long_ids)}
+        body = {
+            "event_family": "system",
+            "event_name": "identify",
+            "user_id": "r",
+            "previous_user_id": draw(long_ids),
+        }
         return _entry(tenant, body), "dead"
     if kind == "deep":
         depth = draw(st.integers(257, 1_000))
@@ -97,8 +118,11 @@ def invalid_entries(draw: st.DrawFn) -> Case:
 
 
 random_entries = st.tuples(
-    st.lists(st.tuples(names | st.sampled_from([b"tenant", b"event"]), st.binary(max_size=200)),
-             min_size=1, max_size=8),
+    st.lists(
+        st.tuples(names | st.sampled_from([b"tenant", b"event"]), st.binary(max_size=200)),
+        min_size=1,
+        max_size=8,
+    ),
     st.just("either"),
 )
 raw_events = st.tuples(
@@ -112,8 +136,15 @@ batches = st.lists(
 )
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-          HealthCheck.data_too_large, HealthCheck.large_base_example])
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+)
 @given(cases=batches, batch_size=st.sampled_from([1, 3, 500]))
 def test_worker_survives_anything_on_the_input_stream(
     redis_server: RedisServer, cases: list[Case], batch_size: int
@@ -126,8 +157,12 @@ def test_worker_survives_anything_on_the_input_stream(
         entry_id = client.execute_command("XADD", INPUT, "*", *[v for kv in fields for v in kv])
         expected[entry_id] = fate
     make_worker(
-        client, batch_size=batch_size, forward_identify=True, max_event_bytes=MAX_EVENT,
-        max_entry_bytes=MAX_EVENT + 1_024, max_id_bytes=MAX_ID,
+        client,
+        batch_size=batch_size,
+        forward_identify=True,
+        max_event_bytes=MAX_EVENT,
+        max_entry_bytes=MAX_EVENT + 1_024,
+        max_id_bytes=MAX_ID,
     ).run(drain=True)
     emitted = Counter(f[b"source_id"] for _, f in client.xrange(OUTPUT))
     dead = Counter(f[b"source_id"] for _, f in client.xrange(DEAD))

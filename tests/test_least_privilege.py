@@ -123,7 +123,11 @@ def test_worker_user_runs_the_whole_contract(
     summary = json.loads(log.read_text().splitlines()[-1])
     assert summary["event"] == "stopped" and summary["deleted_pending"] == 1
     resolved = cli(
-        "resolve", "--tenant", "acme", "--chain", "anon-1",
+        "resolve",
+        "--tenant",
+        "acme",
+        "--chain",
+        "anon-1",
         env={"STITCH_REDIS_URL": redis_server.url},
     )
     assert resolved.returncode == 0, resolved.stderr
@@ -240,7 +244,10 @@ def test_rules_follow_the_configured_names(acl_log: redis.Redis, redis_server: R
     }
     tagged = settings(**names)
     assert key_patterns(tagged) == [
-        r"~{lehnz}ev\*", "~{lehnz}out", "~{lehnz}dead", "~{lehnz}alias:*"
+        r"~{lehnz}ev\*",
+        "~{lehnz}out",
+        "~{lehnz}dead",
+        "~{lehnz}alias:*",
     ]
     apply_acl_users(acl_log, tagged)
     acl_log.xadd("{lehnz}ev*", {"tenant": "acme", "event": json.dumps(event("anon-9"))})

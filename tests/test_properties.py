@@ -41,7 +41,6 @@ CAPS = st.sampled_from([1, 2, 16])
 Op = tuple[str, str, str, str]  # (kind, tenant, user_id, previous_user_id)
 
 
-
 def op_lists(ids: list[str], tenants: list[str]) -> st.SearchStrategy[list[Op]]:
     return st.lists(
         st.one_of(

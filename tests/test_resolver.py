@@ -123,7 +123,11 @@ def test_observe_many_matches_observe_one_by_one() -> None:
     observe_many(h2, values)
 
     def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
-        return [(x.name, x.labels, x.value) for m in registry.collect() for x in m.samples
-                if not x.name.endswith("_created")]
+        return [
+            (x.name, x.labels, x.value)
+            for m in registry.collect()
+            for x in m.samples
+            if not x.name.endswith("_created")
+        ]
 
     assert samples(one) == samples(many)

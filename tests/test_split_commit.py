@@ -19,11 +19,14 @@ from worker.worker import Worker
 
 pytestmark = pytest.mark.redis_server
 
-POISONED_LUA = """
+POISONED_LUA = (
+    """
 for k = 1, #ARGV do
   if ARGV[k] == 'POISON' then return redis.error_reply('ERR refused by the test') end
 end
-""" + COMMIT_LUA
+"""
+    + COMMIT_LUA
+)
 
 
 def _poisoned_worker(client: redis.Redis, **settings: object) -> Worker:

@@ -35,8 +35,21 @@ def _openssl(*args: str | Path) -> None:
 def make_ca(directory: Path, name: str) -> Pair:
     ca = Pair(directory / f"{name}.crt", directory / f"{name}.key")
     _openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", ca.key, "-out", ca.cert, "-days", "2", "-subj", f"/CN={name}",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        ca.key,
+        "-out",
+        ca.cert,
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
     )
     return ca
 
@@ -47,12 +60,35 @@ def make_cert(directory: Path, ca: Pair, name: str, san: str) -> Pair:
     csr, ext = directory / f"{name}.csr", directory / f"{name}.ext"
     ext.write_text(f"subjectAltName={san}\n")
     _openssl(
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", pair.key, "-out", csr, "-subj", f"/CN={name}",
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        pair.key,
+        "-out",
+        csr,
+        "-subj",
+        f"/CN={name}",
     )
     _openssl(
-        "x509", "-req", "-in", csr, "-CA", ca.cert, "-CAkey", ca.key, "-CAcreateserial",
-        "-out", pair.cert, "-days", "2", "-extfile", ext,
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        ca.cert,
+        "-CAkey",
+        ca.key,
+        "-CAcreateserial",
+        "-out",
+        pair.cert,
+        "-days",
+        "2",
+        "-extfile",
+        ext,
     )
     return pair
 
@@ -99,9 +135,16 @@ def tls_servers(pki: Pki) -> Iterator[dict[str, TlsServer]]:
         port = free_port()
         server = RedisServer(
             extra=[
-                "--tls-port", str(port), "--tls-cert-file", str(cert.cert),
-                "--tls-key-file", str(cert.key), "--tls-ca-cert-file", str(pki.ca.cert),
-                "--tls-auth-clients", clients,
+                "--tls-port",
+                str(port),
+                "--tls-cert-file",
+                str(cert.cert),
+                "--tls-key-file",
+                str(cert.key),
+                "--tls-ca-cert-file",
+                str(pki.ca.cert),
+                "--tls-auth-clients",
+                clients,
             ]
         ).start()
         servers[name] = TlsServer(server, port)
@@ -161,8 +204,11 @@ def test_mutual_tls_with_a_client_certificate(
     tls = tls_servers["mutual"]
     tls.server.client().hset("alias:acme", "anon-1", "cust-1")
     with_cert = tls_env(
-        tls, pki, password_file,
-        STITCH_REDIS_CERT_FILE=str(pki.client.cert), STITCH_REDIS_KEY_FILE=str(pki.client.key),
+        tls,
+        pki,
+        password_file,
+        STITCH_REDIS_CERT_FILE=str(pki.client.cert),
+        STITCH_REDIS_KEY_FILE=str(pki.client.key),
     )
     done = cli("resolve", "--tenant", "acme", "anon-1", env=with_cert)
     assert done.returncode == 0, done.stderr

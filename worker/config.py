@@ -162,6 +162,8 @@ def _renamed(env: Mapping[str, str]) -> Mapping[str, str]:
         value = moved.pop(name)
         moved.setdefault(new, value)
     return moved
+
+
 def _check_redis_url(settings: Settings) -> None:
     """The URL's shape and how it combines with the TLS and password settings (no I/O here:
     the files are read when connecting). The URL itself is never echoed: it may hold a
@@ -182,8 +184,9 @@ def _check_redis_url(settings: Settings) -> None:
             f"{env_name('redis_ca_file')}, {env_name('redis_cert_file')} and "
             f"{env_name('redis_key_file')} (certificates are always verified)"
         )
-    tls_files = [n for n in ("redis_ca_file", "redis_cert_file", "redis_key_file") if
-                 getattr(settings, n)]
+    tls_files = [
+        n for n in ("redis_ca_file", "redis_cert_file", "redis_key_file") if getattr(settings, n)
+    ]
     if tls_files and url.scheme != "rediss":
         raise ConfigError(
             f"{env_name(tls_files[0])}: set, but {env_name('redis_url')} is not a rediss:// URL"

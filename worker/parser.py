@@ -226,9 +226,7 @@ class Parser:
 
     def _reject_id(self, entry: Entry, field: str, uid: str) -> Entry:
         size = len(uid.encode())
-        return entry.reject(
-            DeadLetter.ID_TOO_LONG, field=field, size=size, limit=self.max_id_bytes
-        )
+        return entry.reject(DeadLetter.ID_TOO_LONG, field=field, size=size, limit=self.max_id_bytes)
 
     def _tenant(self, raw: bytes | None) -> str | None:
         if raw is None or not TENANT_RE.match(raw):
