@@ -347,11 +347,6 @@ def test_parser_is_reusable_across_entries() -> None:
     assert parser.parse(b"2-0", entry(view(), b"a b")).error_code is DeadLetter.INVALID_TENANT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: previous_user_id is typed on every event, so a non-identify event with a "
-    "non-string previous_user_id fails the fast path and the slow path finds nothing wrong",
-)
 def test_non_identify_event_ignores_previous_user_id_type() -> None:
     """previous_user_id only matters on identify: an ordinary event carrying a number there
     is still a valid event (README: only identify needs a usable previous_user_id)."""
@@ -359,11 +354,6 @@ def test_non_identify_event_ignores_previous_user_id_type() -> None:
     assert (parsed.kind, parsed.error) == (Kind.EVENT, "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the fast path skips unread fields without validating their UTF-8, so "
-    "invalid bytes inside 'properties' pass as a valid event and are forwarded",
-)
 def test_invalid_utf8_anywhere_in_the_event_is_dead_lettered() -> None:
     """An event that is not UTF-8 is refused wherever the bad bytes sit (README: event_not_utf8
     when `event` is not UTF-8), not only inside the fields the parser reads."""

@@ -43,7 +43,9 @@ class _Fields(msgspec.Struct):
     user_id: str | None = None
     event_family: str | None = None
     event_name: str | None = None
-    previous_user_id: str | None = None
+    previous_user_id: Any = None
+    """Untyped here: only an identify needs it to be a string (checked there); any other
+    event may carry whatever it likes under that name."""
 
 
 class Entry:
@@ -185,6 +187,8 @@ class Parser:
             return entry.reject(
                 DeadLetter.EVENT_TOO_LARGE, size=len(raw), limit=self.max_event_bytes
             )
+        if not raw.isascii() and not _utf8(raw):  # msgspec skips the fields it does not read
+            return _classify_slowly(entry, raw, self.max_json_depth)
         try:
             event = self._decode(raw)
         except (msgspec.ValidationError, msgspec.DecodeError):
@@ -205,7 +209,7 @@ class Parser:
         if family != "system":
             return entry.reject(DeadLetter.IDENTIFY_NOT_SYSTEM)
         prev = event.previous_user_id
-        if not prev:
+        if not prev or not isinstance(prev, str):
             return _classify_slowly(entry, raw, self.max_json_depth)
         if len(prev) > self._id_chars and self._too_long(prev):
             return self._reject_id(entry, "previous_user_id", prev)
@@ -234,6 +238,14 @@ class Parser:
         if len(self._tenants) < 100_000:
             self._tenants[raw] = raw.decode("ascii")
         return raw.decode("ascii")
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def json_depth(raw: bytes) -> int:
