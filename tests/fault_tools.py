@@ -1,8 +1,7 @@
-"""Shared tools of the fault tests: polling, group state, worker logs and a reference alias model.
+"""Shared tools of the fault tests: polling, group state and worker logs.
 
-Nothing here imports the worker's resolver: the reference model is deliberately a plain,
-independent re-statement of the link rules (first link of an id stands, no cycles,
-placeholders refused), so that a bug in the worker cannot hide behind the same bug here.
+The reference alias model they check against is tests/model.py, the one model every
+property and fault test uses.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from tests.helpers import INPUT, OUTPUT
 __all__ = [
     "GROUP",
     "PLACEHOLDER_IDS",
-    "AliasModel",
     "add_many",
     "alias_map",
     "assert_running",
@@ -204,43 +202,6 @@ def record_alias_writes(
         thread.join(30)
         assert not thread.is_alive(), "MONITOR recorder did not stop"
         assert not errors, errors
-
-
-class AliasModel:
-    """Reference alias forest per tenant: first link stands, no cycles, placeholders refused."""
-
-    def __init__(self, max_depth: int = 32) -> None:
-        self.links: dict[str, dict[str, str]] = defaultdict(dict)
-        self.max_depth = max_depth
-
-    def link(self, tenant: str, prev: str, user: str) -> str:
-        """Apply identify(prev -> user) in stream order; returns the outcome name."""
-        if prev.strip().lower() in PLACEHOLDER_IDS or user.strip().lower() in PLACEHOLDER_IDS:
-            return "placeholder"
-        if prev == user:
-            return "noop"
-        links = self.links[tenant]
-        if prev in links:
-            return "noop" if links[prev] == user else "conflict"
-        if prev in self.chain(tenant, user):
-            return "cycle"
-        links[prev] = user
-        return "applied"
-
-    def chain(self, tenant: str, uid: str) -> list[str]:
-        """uid, then every id its links lead to (the model never holds a cycle)."""
-        links = self.links[tenant]
-        path = [uid]
-        while path[-1] in links:
-            path.append(links[path[-1]])
-            assert len(path) <= self.max_depth, f"chain of {uid!r} too deep: {path}"
-        return path
-
-    def end(self, tenant: str, uid: str) -> str:
-        return self.chain(tenant, uid)[-1]
-
-    def snapshot(self, tenant: str) -> dict[str, str]:
-        return dict(self.links[tenant])
 
 
 def has_cycle(links: dict[str, str]) -> bool:

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from resolver import End, Resolver, walk
 from tests.helpers import add, event, make_worker, output
+from tests.model import AliasModel
 from tests.redis_proc import RedisServer
-from tests.test_properties import Model
 from worker import cli
 from worker.config import Settings
 
@@ -100,7 +100,7 @@ def check(client: redis.Redis, links: dict[str, str], warm: list[str], url: str 
         client.hset("alias:t1", mapping=links)  # type: ignore[arg-type]
     ids = every_id(links)
     warm = [uid for uid in warm if uid in ids] or ids[:1]
-    expected = {uid: Model(links={"t1": links}).resolve("t1", uid) for uid in ids}
+    expected = {uid: AliasModel(links={"t1": links}).resolve("t1", uid) for uid in ids}
     assert worker_answers(client, ids, warm) == expected
     for answers in library_answers(client, ids, warm):
         assert answers == expected

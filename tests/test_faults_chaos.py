@@ -19,7 +19,6 @@ import redis
 
 from tests.conftest import running_worker
 from tests.fault_tools import (
-    AliasModel,
     add_many,
     alias_map,
     assert_running,
@@ -31,6 +30,7 @@ from tests.fault_tools import (
     wait_group_done,
 )
 from tests.helpers import DEAD, INPUT, OUTPUT, event, identify
+from tests.model import AliasModel
 from tests.redis_proc import RedisServer
 
 pytestmark = [pytest.mark.redis_server, pytest.mark.slow]
@@ -99,7 +99,7 @@ class Traffic:
             other = rng.choice([n for n in self.nodes[tenant] if n not in (prev, linked[prev])])
             out += [(prev, other, "conflict"), (prev, linked[prev], "noop")]
             start = rng.choice(sorted(linked))
-            root = model.end(tenant, start)
+            root = model.resolve(tenant, start)
             reserved.add(root)
             out.append((root, start, "cycle"))
         if self.nodes[tenant]:
@@ -147,7 +147,7 @@ class Traffic:
                 uid = self.rng.choice(self.nodes[tenant])
             else:
                 uid = self.new_id(tenant, "anon")
-            out.append((tenant, uid, self.model.end(tenant, uid)))
+            out.append((tenant, uid, self.model.resolve(tenant, uid)))
         return out
 
 
@@ -243,7 +243,7 @@ def _wrong_resolutions(
     for _, fields in client.xrange(OUTPUT):
         source = fields[b"source_id"].decode()
         tenant, uid, least = sent[source]
-        chain = model.chain(tenant, uid)
+        chain = model.path(tenant, uid)
         resolved = fields[b"resolved_user_id"].decode()
         if resolved not in chain or chain.index(resolved) < chain.index(least):
             wrong.append((source, tenant, uid, resolved, " -> ".join(chain), least))

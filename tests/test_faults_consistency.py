@@ -19,7 +19,6 @@ from resolver.links import LinkOutcome
 from tests.conftest import running_worker
 from tests.fault_tools import (
     GROUP,
-    AliasModel,
     add_many,
     alias_map,
     assert_running,
@@ -33,6 +32,7 @@ from tests.fault_tools import (
     wait_group_done,
 )
 from tests.helpers import DEAD, INPUT, OUTPUT, add, event, identify, make_worker, resolved_by_source
+from tests.model import AliasModel
 from tests.redis_proc import RedisServer
 from worker import Worker
 from worker.committer import MAX_STALE_RETRIES, Committer
@@ -86,7 +86,7 @@ def test_warm_caches_of_every_replica_follow_new_links(
     users = (*anon, *anon[::-1], "user-0", "user-9", "person-1")
     for w in replicas:
         ids = [add(c, "acme", event(u)) for u in users]
-        expected.update((i, model.end("acme", u)) for i, u in zip(ids, users, strict=True))
+        expected.update((i, model.resolve("acme", u)) for i, u in zip(ids, users, strict=True))
         _handle(w, ids, mode)
     resolved = resolved_by_source(c)
     assert {i: resolved[i] for i in expected} == expected

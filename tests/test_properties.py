@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import fakeredis
@@ -19,7 +18,6 @@ import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from resolver import PlaceholderRule
 from resolver.heights import measure
 from tests.helpers import (
     INPUT,
@@ -30,6 +28,7 @@ from tests.helpers import (
     output,
     resolved_by_source,
 )
+from tests.model import AliasModel
 from tests.redis_proc import RedisServer
 from worker import Worker
 
@@ -65,54 +64,6 @@ contested_ops = op_lists(["a", "b", "c"], ["t1"])
 
 
 schedules = st.lists(st.tuples(st.integers(1, 8), st.integers(0, 2)), min_size=1, max_size=6)
-
-
-@dataclass
-class Model:
-    links: dict[str, dict[str, str]] = field(default_factory=dict)
-    outcomes: Counter[str] = field(default_factory=Counter)
-    is_placeholder: PlaceholderRule = field(default_factory=PlaceholderRule)
-    cap: int = 16
-
-    def path(self, tenant: str, uid: str) -> list[str]:
-        """uid and every id after it, up to the end or the first id seen twice."""
-        links, path, seen = self.links.get(tenant, {}), [uid], {uid}
-        while path[-1] in links and links[path[-1]] not in seen:
-            path.append(links[path[-1]])
-            seen.add(path[-1])
-        return path
-
-    def resolve(self, tenant: str, uid: str) -> str:
-        links, path = self.links.get(tenant, {}), self.path(tenant, uid)
-        if path[-1] not in links:
-            return path[-1]
-        loop_start = path.index(links[path[-1]])
-        return min(path[loop_start:])
-
-    def height(self, tenant: str, root: str) -> int:
-        """The longest chain that ends at ``root``."""
-        return max(
-            (p.index(root) for uid in self.links.get(tenant, {})
-             if root in (p := self.path(tenant, uid))),
-            default=0,
-        )  # fmt: skip
-
-    def identify(self, tenant: str, user: str, prev: str) -> None:
-        links = self.links.setdefault(tenant, {})
-        if self.is_placeholder(prev) or self.is_placeholder(user):
-            outcome = "placeholder"
-        elif prev == user or links.get(prev) == user:
-            outcome = "noop"
-        elif prev in links:
-            outcome = "conflict"
-        elif self.resolve(tenant, user) == prev:
-            outcome = "cycle"
-        elif self.height(tenant, prev) + len(self.path(tenant, user)) > self.cap:
-            outcome = "too_deep"  # prev's deepest id would be height + 1 + depth(user) deep
-        else:
-            links[prev] = user
-            outcome = "applied"
-        self.outcomes[outcome] += 1
 
 
 Schedule = list[tuple[int, int]]  # (batch size, which replica reads it), repeated
@@ -236,12 +187,12 @@ def check(
     for committed in COMMITTED.values():  # each replica keeps its own stream order
         assert committed == sorted(committed)
     op_of = dict(zip(ids, ops, strict=True))
-    model = Model(cap=cap)
+    model = AliasModel(cap=cap)
     expected: dict[str, str] = {}
     for source in order:
         kind, tenant, user, prev = op_of[source]
         if kind == "identify":
-            model.identify(tenant, user, prev)
+            model.link(tenant, prev, user)
         if kind == "event" or forward_identify:
             expected[source] = model.resolve(tenant, user)
     for tenant in TENANTS:
