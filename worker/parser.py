@@ -191,7 +191,7 @@ class Parser:
             return _classify_slowly(entry, raw, self.max_json_depth)
         try:
             event = self._decode(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
             return _classify_slowly(entry, raw, self.max_json_depth)
         except RecursionError:  # msgspec recursed past CPython's limit (about 1,000 levels)
             return _too_deep(entry, raw, self.max_json_depth)
