@@ -8,7 +8,7 @@ MIN_VENV := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
 FAST := not slow and not redis_server and not prometheus
 
-.PHONY: install demo run test test-fast test-min lint bench bench-quick fuzz clean
+.PHONY: install demo run test test-fast test-min lint bench bench-quick bench-instructions fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: $(STAMP)  ## throughput, latency, resolver, memory and replica figures in
 
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick
+
+BASELINE ?=
+bench-instructions: $(STAMP)  ## worker instructions per event under callgrind (BASELINE=dir of another checkout)
+	$(PY) -m bench.instructions $(if $(BASELINE),--baseline $(BASELINE))
 
 FUZZ_SECONDS ?= 60
 FUZZ_STAMP := $(VENV)/.fuzz-installed
