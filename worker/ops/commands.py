@@ -172,6 +172,9 @@ def purge(settings: Settings, *, before: str, code: str | None, dry_run: bool) -
     removed = 0
     with redis_errors(settings), capture_interrupt() as stop:
         dead_letters = DeadLetters(client, settings)
+        # read first: also makes the worker's credentials fail here, before XTRIM, which
+        # they hold for the commit script's MAXLEN
+        total = int(command(client, "XLEN", settings.dead_stream))
         if code is None and not dry_run:
             removed = dead_letters.trim_before(before)
         else:
@@ -181,7 +184,10 @@ def purge(settings: Settings, *, before: str, code: str | None, dry_run: bool) -
                 if stop.is_set():
                     break
     verb = "would purge" if dry_run else "purged"
-    print(f"{verb} {removed:,} dead letters older than {before}{_filters(code, None)}")
+    print(
+        f"{verb} {removed:,} of {total:,} dead letters, those older than {before}"
+        + _filters(code, None)
+    )
     return EXIT_INTERRUPTED if stop.is_set() else 0
 
 
