@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -99,17 +100,22 @@ def list_dead_letters(
 ) -> int:
     client = connect(settings)
     shown = 0
-    with redis_errors(settings):
-        if not as_json:
-            print(LIST_COLUMNS.format("id", "error_code", "tenant", "source_id", "error"))
+    with redis_errors(settings), contextlib.suppress(BrokenPipeError):  # `| head`
         for _, records in DeadLetters(client, settings).pages(code=code, tenant=tenant):
             for record in records[: None if limit is None else limit - shown]:
+                if shown == 0 and not as_json:
+                    print(LIST_COLUMNS.format("id", "error_code", "tenant", "source_id", "error"))
                 print(json.dumps(record.as_dict()) if as_json else _list_line(record))
                 shown += 1
             if limit is not None and shown >= limit:
                 break
-    if not as_json:
-        print(f"{shown:,} dead letters" + _filters(code, tenant), file=sys.stderr)
+        sys.stdout.flush()
+        if not as_json:
+            print(f"{shown:,} dead letters" + _filters(code, tenant), file=sys.stderr)
+        return 0
+    # the reader went away: point stdout at /dev/null so the flush at exit does not fail
+    # (as the Python docs advise for SIGPIPE)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
