@@ -1,7 +1,8 @@
 """``lehnz-stitch``: run the daemon, resolve ids, run the embedded demo, or operate it.
 
 The only place that turns errors into exit codes: 0 done, 2 bad configuration,
-3 Redis unavailable past the give-up time, 1 anything unexpected.
+3 Redis unavailable past the give-up time, 1 anything unexpected (and 130 from an operator
+command stopped by Ctrl-C between two pages: worker/ops/commands.py).
 """
 
 from __future__ import annotations
