@@ -77,11 +77,13 @@ parent loses its height (HDEL), and a map measured at start-up gets its heights 
 (DEL, RENAME of a scratch hash). The worker can never delete a link or an alias map."""
 
 ADMIN_COMMANDS = (
-    # read any of the streams: dead letters, the output, the input's backlog
+    # read any of the streams: dead letters, the output, the input's backlog (`status`,
+    # `dead-letters list`)
     "+xrange",
     "+xrevrange",
     "+xlen",
-    # repair: replay a dead letter (XADD is the worker's already), delete, move the group
+    # repair: re-drive a dead letter (redrive.lua: XRANGE, then XADD, the worker's already,
+    # and XDEL), purge dead letters, delete, move the group
     "+xdel",
     "+xclaim",
     "+xgroup|setid",

@@ -1,7 +1,8 @@
-"""``lehnz-stitch``: run the daemon, resolve ids, or run the embedded demo.
+"""``lehnz-stitch``: run the daemon, resolve ids, run the embedded demo, or operate it.
 
 The only place that turns errors into exit codes: 0 done, 2 bad configuration,
-3 Redis unavailable past the give-up time, 1 anything unexpected.
+3 Redis unavailable past the give-up time, 1 anything unexpected (and 130 from an operator
+command stopped by Ctrl-C between two pages: worker/ops/commands.py).
 """
 
 from __future__ import annotations
@@ -9,20 +10,23 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import msgspec
 import redis
 
 from resolver import Resolver
 
-from .acl import acl_lines
+from . import ops
+from .acl import ADMIN_USER, acl_lines
 from .app import EXIT_OK, run
 from .config import Settings, env_name
 from .connection import connect, redact
+from .deadletters import DeadLetter
 from .errors import ConfigError, RedisUnavailableError
 from .logs import configure_logging, get_logger
 
-__all__ = ["build_parser", "main", "settings_from"]
+__all__ = ["build_parser", "dead_letters", "main", "settings_from"]
 
 EXIT_CONFIG, EXIT_REDIS = 2, 3
 
@@ -43,9 +47,120 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the real worker on an embedded Redis and a sample")
     demo.add_argument("--sample", help="JSON-lines sample to feed (default: the shipped one)")
     acl = commands.add_parser("acl", help="print the ACL SETUSER lines for the configured keys")
-    for sub in (run, resolve, demo, acl):
+    for sub in (run, resolve, demo, acl, *_operator_commands(commands)):
         _add_setting_flags(sub)
     return parser
+
+
+ADMIN_URL = f"STITCH_REDIS_URL=redis://{ADMIN_USER}:PASSWORD@redis:6379/0"
+STATUS_EXAMPLE = f"""example:
+  {ADMIN_URL} lehnz-stitch status --watch 5
+
+Reads the group and its consumers (XINFO), the three streams, HLEN of every alias map, and
+the whole dead-letter stream (XRANGE in pages, at most STITCH_DEAD_MAXLEN entries) to count
+dead letters by error_code; --watch then reads only the dead letters added since.
+Needs the {ADMIN_USER} ACL user; exit codes: 0 done (also on Ctrl-C under --watch),
+2 bad configuration or a user without the rights, 3 Redis unreachable."""
+DEAD_LETTERS_EXAMPLE = f"""examples:
+  {ADMIN_URL} lehnz-stitch dead-letters list --code event_not_json --tenant acme
+  lehnz-stitch dead-letters redrive --code id_too_long --dry-run
+  lehnz-stitch dead-letters redrive --code id_too_long
+  lehnz-stitch dead-letters purge --before 2026-01-31T00:00:00Z --code event_not_json
+
+redrive puts each matching dead letter's original fields (error, error_code and source_id
+removed) back on the input stream and deletes the dead letter in the same Lua script, one
+page at a time: each is re-driven at most once, even if the command is killed and run again.
+Dead letters without payload (too_many_fields, entry_too_large, commit_failed) are re-driven
+from their source entry while the input stream still holds it. Needs the {ADMIN_USER} ACL
+user; exit codes: 0 done, 2 bad configuration or a user without the rights, 3 Redis
+unreachable, 130 stopped by Ctrl-C between two pages (run it again to continue)."""
+
+
+def _operator_commands(commands: Any) -> list[argparse.ArgumentParser]:
+    """``status`` and ``dead-letters list|redrive|purge``: their parsers, for the setting flags."""
+    raw = argparse.RawDescriptionHelpFormatter
+    status = commands.add_parser(
+        "status",
+        help="group lag, consumers, dead letters by code, links per tenant, last commit",
+        description="Group lag, consumers, dead letters by code, links per tenant, last commit.",
+        epilog=STATUS_EXAMPLE,
+        formatter_class=raw,
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object per reading")
+    status.add_argument(
+        "--watch", type=_seconds, metavar="SECONDS", help="read again every SECONDS until Ctrl-C"
+    )
+    dead = commands.add_parser(
+        "dead-letters",
+        help="list, re-drive or purge dead letters",
+        epilog=DEAD_LETTERS_EXAMPLE,
+        formatter_class=raw,
+    )
+    actions = dead.add_subparsers(dest="action", required=True)
+    listing = _action(actions, "list", "print dead letters, oldest first")
+    listing.add_argument("--json", action="store_true", help="one JSON object per dead letter")
+    listing.add_argument("--limit", type=_positive, metavar="N", help="print at most N")
+    redrive = _action(actions, "redrive", "put dead letters back on the input stream")
+    for sub in (listing, redrive):
+        sub.add_argument("--code", type=_code, help="only dead letters with this error_code")
+        sub.add_argument("--tenant", help="only dead letters of this tenant")
+    purge = _action(actions, "purge", "delete dead letters older than an entry id")
+    purge.add_argument(
+        "--before",
+        required=True,
+        type=_before,
+        metavar="ENTRY_ID",
+        help="an entry id (1700000000000-0) or an ISO time (UTC unless it names a zone)",
+    )
+    purge.add_argument("--code", type=_code, help="only dead letters with this error_code")
+    for sub in (redrive, purge):
+        sub.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    leaves = [status, listing, redrive, purge]
+    for sub in leaves:  # the usage line shows the command's own options, not every setting
+        own = " ".join(sub.format_usage().removeprefix("usage: ").split())
+        sub.usage = own + " [--SETTING VALUE ...]"
+    return leaves
+
+
+def _action(actions: Any, name: str, help: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = actions.add_parser(
+        name,
+        help=help,
+        description=help[0].upper() + help[1:] + ".",
+        epilog=DEAD_LETTERS_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _code(text: str) -> str:
+    if text not in {str(code) for code in DeadLetter}:
+        codes = ", ".join(sorted(DeadLetter))
+        raise argparse.ArgumentTypeError(f"{text!r} is not an error_code; the codes: {codes}")
+    return text
+
+
+def _before(text: str) -> str:
+    try:
+        return ops.parse_before(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "acl":
             print(acl_lines(settings))
             return EXIT_OK
+        if args.command == "status":
+            return ops.status(settings, as_json=args.json, watch=args.watch)
+        if args.command == "dead-letters":
+            return dead_letters(settings, args)
         from .demo import run_demo  # imports fakeredis lazily: only the demo needs it
 
         return run_demo(settings, args.sample)
@@ -92,6 +211,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"lehnz-stitch: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return ops.list_dead_letters(
+            settings, code=args.code, tenant=args.tenant, as_json=args.json, limit=args.limit
+        )
+    if args.action == "redrive":
+        return ops.redrive(settings, code=args.code, tenant=args.tenant, dry_run=args.dry_run)
+    return ops.purge(settings, before=args.before, code=args.code, dry_run=args.dry_run)
 
 
 def resolve(settings: Settings, tenant: str, ids: list[str], *, chain: bool) -> int:
