@@ -14,16 +14,28 @@ MAX_CLASS_LINES = 165
 
 
 def _modules() -> dict[str, Path]:
-    return {
-        f"{package}.{path.stem}": path
-        for package in PACKAGES
-        for path in sorted((ROOT / package).glob("*.py"))
-    }
+    """Every module of the packages, subpackages included (``worker.ops.status``)."""
+    modules = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            modules[".".join(parts)] = path
+    return modules
+
+
+def _absolute(name: str, node: ast.ImportFrom) -> list[str]:
+    """The modules a ``from ... import`` in module ``name`` can mean, made absolute."""
+    base = ".".join(name.split(".")[: -node.level]) if node.level else ""
+    module = node.module or ""
+    if not base:
+        return [module]
+    if module:
+        return [f"{base}.{module}", *(f"{base}.{module}.{a.name}" for a in node.names)]
+    return [f"{base}.{alias.name}" for alias in node.names]
 
 
 def _runtime_imports(name: str, tree: ast.Module) -> set[str]:
     """Modules of ours that ``name`` imports when it runs (``if TYPE_CHECKING:`` left out)."""
-    package = name.rsplit(".", 1)[0]
     skipped = {
         id(node)
         for block in ast.walk(tree)
@@ -36,26 +48,19 @@ def _runtime_imports(name: str, tree: ast.Module) -> set[str]:
         if id(node) in skipped:
             continue
         if isinstance(node, ast.ImportFrom):
-            base = package if node.level == 1 else (node.module or "").split(".")[0]
-            module = node.module or ""
-            target = f"{base}.{module}" if node.level == 1 and module else module
-            if node.level == 1 and not module:
-                found.update(f"{package}.{alias.name}" for alias in node.names)
-            else:
-                found.add(target)
+            found.update(_absolute(name, node))
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
     modules = _modules()
-    return {m for m in found if m in modules or m in PACKAGES}
+    # importing a package runs its __init__
+    return {m if m in modules else f"{m}.__init__" for m in found} & set(modules)
 
 
 def _graph() -> dict[str, set[str]]:
-    graph = {}
-    for name, path in _modules().items():
-        imports = _runtime_imports(name, ast.parse(path.read_text()))
-        # "from resolver import X" goes through resolver/__init__, which imports its modules
-        graph[name] = {f"{m}.__init__" if m in PACKAGES else m for m in imports} - {name}
-    return graph
+    return {
+        name: _runtime_imports(name, ast.parse(path.read_text())) - {name}
+        for name, path in _modules().items()
+    }
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str]:
