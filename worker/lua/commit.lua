@@ -236,12 +236,16 @@ for _, refusal in pairs(refusals) do
   if err then return redis.error_reply(err) end
 end
 
+local stamp  -- ' <applied ms> <consumer>'; TIME before the first write (an ACL refuses it)
+if #applied > 0 then
+  local now = redis.call('TIME')
+  stamp = ' ' .. now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000)) ..
+          ' ' .. consumer
+end
+
 write_staged(pending)
 
 if #applied > 0 then
-  local now = redis.call('TIME')
-  local stamp = ' ' .. now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000)) ..
-                ' ' .. consumer
   for _, link in ipairs(applied) do
     local index, prev, user, root, source = link[1], link[2], link[3], link[4], link[5]
     redis.call('HSET', provenance_key(index), prev, source .. stamp)
