@@ -8,6 +8,7 @@ that event's position to its end (a cycle written by someone else: its smallest 
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from resolver import PlaceholderRule
+from resolver import PlaceholderRule, Resolver
+from resolver.feed import fold, read_changes
 from resolver.heights import measure
 from tests.helpers import (
     INPUT,
@@ -73,6 +75,10 @@ class Model:
     outcomes: Counter[str] = field(default_factory=Counter)
     is_placeholder: PlaceholderRule = field(default_factory=PlaceholderRule)
     cap: int = 16
+    sources: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(tenant, previous_user_id) -> the entry id of the identify that linked it."""
+    refused: dict[str, list[tuple[str, str, str, str]]] = field(default_factory=dict)
+    """Per tenant, (source_id, outcome, previous_user_id, user_id) of refusals, in order."""
 
     def path(self, tenant: str, uid: str) -> list[str]:
         """uid and every id after it, up to the end or the first id seen twice."""
@@ -97,7 +103,7 @@ class Model:
             default=0,
         )  # fmt: skip
 
-    def identify(self, tenant: str, user: str, prev: str) -> None:
+    def identify(self, tenant: str, user: str, prev: str, source: str = "") -> None:
         links = self.links.setdefault(tenant, {})
         if self.is_placeholder(prev) or self.is_placeholder(user):
             outcome = "placeholder"
@@ -112,7 +118,10 @@ class Model:
         else:
             links[prev] = user
             outcome = "applied"
+            self.sources[tenant, prev] = source
         self.outcomes[outcome] += 1
+        if outcome not in ("applied", "noop"):
+            self.refused.setdefault(tenant, []).append((source, outcome, prev, user))
 
 
 Schedule = list[tuple[int, int]]  # (batch size, which replica reads it), repeated
@@ -129,6 +138,30 @@ def expected_heights(links: dict[str, str], cap: int) -> dict[str, str]:
         return {}
     heights = {root: str(h) for root, h in measure(links, cap).heights.items()}
     return {**heights, "": str(len(links))}
+
+
+def check_accountable(client: redis.Redis, model: Model) -> None:
+    """Every link has its provenance and exactly one feed entry (folding the feed gives the
+    maps); explain's hops are the model's chain with the right source ids, its refusals the
+    model's refusals naming the id."""
+    maps = {t: links for t, links in model.links.items() if links}
+    changes = list(read_changes(client, "alias:changes"))
+    assert fold(changes) == maps
+    assert len(changes) == sum(map(len, maps.values()))
+    assert {(c.tenant, c.previous_user_id): c.source_id for c in changes} == model.sources
+    resolver = Resolver(client)
+    for tenant in TENANTS:
+        for uid in IDS:
+            explained = resolver.explain(tenant, uid)
+            path = model.path(tenant, uid)
+            assert explained.root == path[-1]
+            assert [(h.from_id, h.to_id, h.provenance and h.provenance.source_id)
+                    for h in explained.hops] == [
+                (a, b, model.sources[tenant, a]) for a, b in itertools.pairwise(path)
+            ]  # fmt: skip
+            assert [tuple(r) for r in explained.refused] == [
+                r for r in model.refused.get(tenant, []) if uid in r[2:]
+            ]
 
 
 def run_workers(
@@ -241,9 +274,10 @@ def check(
     for source in order:
         kind, tenant, user, prev = op_of[source]
         if kind == "identify":
-            model.identify(tenant, user, prev)
+            model.identify(tenant, user, prev, source)
         if kind == "event" or forward_identify:
             expected[source] = model.resolve(tenant, user)
+    check_accountable(client, model)
     for tenant in TENANTS:
         stored = {k.decode(): v.decode() for k, v in client.hgetall(f"alias:{tenant}").items()}
         assert stored == model.links.get(tenant, {})
