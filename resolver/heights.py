@@ -137,9 +137,13 @@ def sync(
 
 
 def alias_keys(client: redis.Redis, key_prefix: str) -> list[str]:
-    """Every alias map under ``key_prefix`` (SCAN: incremental, never blocks Redis)."""
+    """Every alias map under ``key_prefix`` (SCAN: incremental, never blocks Redis).
+
+    Only hashes, and only names without ':' after the prefix: never a heights, provenance or
+    refusal key, nor the change feed (``alias:changes`` is a stream)."""
     pattern = _glob_escape(key_prefix) + "*"
-    keys = (decode_id(k) for k in client.scan_iter(match=pattern, count=1000))
+    scan = client.scan_iter(match=pattern, count=1000, _type="hash")
+    keys = (decode_id(k) for k in scan)
     return sorted(k for k in keys if ":" not in k[len(key_prefix) :])
 
 

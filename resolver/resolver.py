@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from .cache import AliasCache
+from .explain import Explanation, explain
 from .heights import heights_key
 from .ids import decode_id, encode_id
 from .links import LinkOutcome, LinkRules
@@ -147,6 +148,12 @@ class Resolver:
                 break
             seen.add(target)
         return path
+
+    def explain(self, tenant: str, uid: str) -> Explanation:
+        """``uid``'s chain to its root, read from Redis, each hop with its provenance, and the
+        refused identifies naming ``uid`` (a scan of the tenant's bounded refusal log, which
+        needs XRANGE: stitch-admin's rights). ``.as_json()`` gives README's JSON shape."""
+        return explain(self.client, self.key(tenant), tenant, uid)
 
     def link(self, tenant: str, previous_user_id: str, user_id: str) -> LinkOutcome:
         """Apply one link atomically under the forest rules (placeholders refused here)."""

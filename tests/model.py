@@ -24,8 +24,12 @@ class AliasModel:
     outcomes: Counter[str] = field(default_factory=Counter)
     is_placeholder: PlaceholderRule = field(default_factory=PlaceholderRule)
     cap: int = DEFAULT_MAX_DEPTH
+    sources: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(tenant, previous_user_id) -> the entry id of the identify that linked it."""
+    refused: dict[str, list[tuple[str, str, str, str]]] = field(default_factory=dict)
+    """Per tenant, (source_id, outcome, previous_user_id, user_id) of refusals, in order."""
 
-    def link(self, tenant: str, prev: str, user: str) -> str:
+    def link(self, tenant: str, prev: str, user: str, source: str = "") -> str:
         """Apply identify(prev -> user) in stream order; returns (and counts) the outcome."""
         links = self.links.setdefault(tenant, {})
         if self.is_placeholder(prev) or self.is_placeholder(user):
@@ -41,7 +45,10 @@ class AliasModel:
         else:
             links[prev] = user
             outcome = "applied"
+            self.sources[tenant, prev] = source
         self.outcomes[outcome] += 1
+        if outcome not in ("applied", "noop"):
+            self.refused.setdefault(tenant, []).append((source, outcome, prev, user))
         return outcome
 
     def path(self, tenant: str, uid: str) -> list[str]:

@@ -5,18 +5,21 @@ and events for several tenants."""
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import signal
 import subprocess
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import redis
 
+from resolver.feed import fold, read_changes
+from resolver.provenance import parse_provenance
 from tests.conftest import running_worker
 from tests.fault_tools import (
     add_many,
@@ -313,3 +316,27 @@ def test_chaos_sigkill_and_restart_replicas_keeps_exactly_once(
         assert alias_map(c, tenant) == traffic.model.snapshot(tenant), tenant
     wrong = _wrong_resolutions(c, traffic.model, sent)
     assert not wrong, f"{len(wrong)} stale or foreign resolutions, e.g. {wrong[:3]}"
+    _check_accountable(c)
+
+
+def _check_accountable(c: redis.Redis) -> None:
+    """0 missing and 0 duplicate change-feed entries (one per link, folding to the maps), 0
+    links without provenance, each naming the identify that asked for exactly that link."""
+    changes = list(read_changes(c, "alias:changes"))
+    maps = {tenant: alias_map(c, tenant) for tenant in TENANTS}
+    linked = Counter((change.tenant, change.previous_user_id) for change in changes)
+    assert not [key for key, n in linked.items() if n > 1], "duplicate feed entries"
+    assert fold(changes) == {tenant: links for tenant, links in maps.items() if links}
+    fed = {(ch.tenant, ch.previous_user_id): ch.source_id for ch in changes}
+    for tenant, links in maps.items():
+        records = c.hgetall(f"alias:{tenant}:provenance")
+        assert {k.decode() for k in records} == set(links), f"{tenant}: links without provenance"
+        for prev, record in records.items():
+            provenance = parse_provenance(record)
+            assert provenance is not None and fed[tenant, prev.decode()] == provenance.source_id
+            [(_, fields)] = c.xrange(INPUT, provenance.source_id, provenance.source_id)
+            asked = json.loads(fields[b"event"])
+            assert (asked["previous_user_id"], asked["user_id"]) == (
+                prev.decode(),
+                links[prev.decode()],
+            )

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from worker.config import Settings
 from worker.deadletters import MESSAGES, DeadLetter
 from worker.parser import Kind, Parser
 
@@ -297,9 +298,27 @@ def test_every_parser_code_has_a_case() -> None:
     """The tables cover every DeadLetter code but the ones recovery and the committer assign
     and the size bounds pinned with large entries in test_hostile_entries.py."""
     covered = {case.code for case in INVALID.values()}
-    assigned_elsewhere = {DeadLetter.MAX_DELIVERIES_EXCEEDED, DeadLetter.COMMIT_FAILED}
+    assigned_elsewhere = {
+        DeadLetter.MAX_DELIVERIES_EXCEEDED,
+        DeadLetter.COMMIT_FAILED,
+        DeadLetter.RESERVED_TENANT,  # depends on the settings: its own test
+    }
     bounded = BOUNDS_ELSEWHERE | {DeadLetter.TOO_MANY_FIELDS}
     assert covered == set(DeadLetter) - assigned_elsewhere - bounded
+
+
+def test_the_tenant_named_by_the_change_feed_is_reserved() -> None:
+    """The tenant whose alias key would be the change feed (``alias:changes``) is refused with
+    its own code; any other valid tenant, and that name under another feed, are not."""
+    parser = Parser.from_settings(Settings(consumer="x"))
+    parsed = parser.parse(b"1-0", entry(view(), b"changes"))
+    assert parsed.error_code is DeadLetter.RESERVED_TENANT
+    assert parsed.error == (
+        "reserved_tenant: tenant 'changes' is reserved: its alias key is the change feed"
+    )
+    assert parser.parse(b"1-1", entry(view(), b"changes2")).kind is Kind.EVENT
+    elsewhere = Parser.from_settings(Settings(consumer="x", changes_stream="feed"))
+    assert elsewhere.parse(b"1-2", entry(view(), b"changes")).kind is Kind.EVENT
 
 
 def test_size_limit_is_inclusive() -> None:
@@ -374,6 +393,7 @@ PARTICULARS: dict[str, object] = {
     "depth": 300,
     "fields": 65,
     "field": "user_id",
+    "tenant": "changes",
 }
 
 

@@ -82,7 +82,7 @@ def resp_args(packed: bytes) -> list[bytes]:
     return args
 
 
-EXTRA = {b"e": 2, b"d": 2, b"a": 0, b"r": 2, b"l": 4, b"L": 4}
+EXTRA = {b"e": 2, b"d": 2, b"a": 0, b"r": 2, b"l": 4, b"L": 4, b"p": 3, b"P": 3}
 """Action arguments after the entry's fields, as commit.lua reads them."""
 
 
@@ -107,8 +107,8 @@ def decode(plan: Plan) -> Commit:
     n_keys = int(args[2])
     assert n_keys == FIXED_KEYS + KEYS_PER_TENANT * len(plan.tenants)
     keys, argv = args[3 : 3 + n_keys], args[3 + n_keys :]
-    fixed, n_verify, n_entries = argv[:4], int(argv[4]), int(argv[5])
-    i = 6
+    fixed, n_verify, n_entries = argv[:8], int(argv[8]), int(argv[9])
+    i = 10
     verify: dict[int, set[bytes]] = {}
     for _ in range(n_verify):
         index, count = int(argv[i]), int(argv[i + 1])
@@ -135,7 +135,7 @@ def summary(plan: Plan) -> list[tuple[str, ...]]:
         if action.action in (b"e", b"r"):
             tenant_at = 0 if action.action == b"r" else 1
             args[tenant_at] = plan.tenants[int(args[tenant_at]) - 1]
-        elif action.action in (b"l", b"L"):
+        elif action.action in (b"l", b"L", b"p", b"P"):
             args[0] = plan.tenants[int(args[0]) - 1]
         out.append((action.action.decode(), *args))
     return out
@@ -257,10 +257,10 @@ CASES: dict[str, Case] = {
         resolutions=4,
         own_links={"t": {"x": "y"}},
     ),
-    "placeholder and self-link decided locally, only acked": Case(
+    "placeholder and self-link decided locally: self-link acked, placeholders logged": Case(
         {"t": {"u1": "u1"}},
         [ident("null", "u1"), ident("u1", "anonymous"), ident("u1", "u1")],
-        [("a",), ("a",), ("a",)],
+        [("p", "t", "null", "u1"), ("p", "t", "u1", "anonymous"), ("a",)],
         {},
         deferred=0,
         resolutions=0,
@@ -312,14 +312,21 @@ def test_extra_placeholders_come_from_settings() -> None:
 
 
 def test_forward_identify_sends_payloads() -> None:
-    """With forward_identify, links go as 'L' and local outcomes as 'r', both with fields."""
-    batch = numbered([ident("anon", "u1"), ident("null", "u1")])
+    """With forward_identify, links go as 'L', placeholders as 'P' and self-links as 'r', all
+    with fields."""
+    batch = numbered([ident("anon", "u1"), ident("null", "u1"), ident("u1", "u1")])
     plan = make_planner({"t": {"anon": "anon", "u1": "u1"}}, forward_identify=True).plan(batch)
     actions = decode(plan).actions
-    assert [(a.action, a.fields) for a in actions] == [(b"L", e.fields) for e in batch[:1]] + [
-        (b"r", batch[1].fields)
+    assert [(a.action, a.fields) for a in actions] == [
+        (b"L", batch[0].fields),
+        (b"P", batch[1].fields),
+        (b"r", batch[2].fields),
     ]
-    assert summary(plan) == [("L", "t", "anon", "u1", "1"), ("r", "t", "u1")]
+    assert summary(plan) == [
+        ("L", "t", "anon", "u1", "1"),
+        ("P", "t", "null", "u1"),
+        ("r", "t", "u1"),
+    ]
 
 
 def test_invalid_and_gone_entries() -> None:
@@ -336,22 +343,28 @@ def test_invalid_and_gone_entries() -> None:
 
 
 def test_packed_layout() -> None:
-    """KEYS are the three streams then one alias hash per tenant in first-seen order; ARGV
-    opens with group, maxlens and depth, then the verify and entry counts."""
+    """KEYS are the four streams then each tenant's alias, heights, provenance and refusal
+    keys in first-seen order; ARGV opens with group, maxlens, depth, the feed's and refusal
+    logs' maxlens, consumer and alias prefix, then the verify and entry counts."""
     s: Settings = settings(max_chain_depth=9)
     batch = numbered([ev("x", "b"), ev("y", "a"), ev("z", "b")])
     plan = make_planner({"b": {"x": "x"}}, max_chain_depth=9).plan(batch)
     commit = decode(plan)
     assert plan.tenants == ("b", "a")
     assert commit.keys == [
-        *(b"events", b"events:enriched", b"events:dead"),
-        *(b"alias:b", b"alias:b:heights", b"alias:a", b"alias:a:heights"),
+        *(b"events", b"events:enriched", b"events:dead", b"alias:changes"),
+        *(b"alias:b", b"alias:b:heights", b"alias:b:provenance", b"alias:b:refusals"),
+        *(b"alias:a", b"alias:a:heights", b"alias:a:provenance", b"alias:a:refusals"),
     ]
     assert commit.fixed_args == [
         s.group.encode(),
         str(s.output_maxlen).encode(),
         str(s.dead_maxlen).encode(),
         b"9",
+        b"10000000",
+        b"100000",
+        s.consumer.encode(),
+        b"alias:",
     ]
     assert commit.verify == {1: {b"x"}}
     assert summary(plan) == [("e", "x", "b"), ("r", "a", "y"), ("r", "b", "z")]

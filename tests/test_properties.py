@@ -8,6 +8,7 @@ that event's position to its end (a cycle written by someone else: its smallest 
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,8 @@ import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from resolver import Resolver
+from resolver.feed import fold, read_changes
 from resolver.heights import measure
 from tests.helpers import (
     INPUT,
@@ -80,6 +83,30 @@ def expected_heights(links: dict[str, str], cap: int) -> dict[str, str]:
         return {}
     heights = {root: str(h) for root, h in measure(links, cap).heights.items()}
     return {**heights, "": str(len(links))}
+
+
+def check_accountable(client: redis.Redis, model: AliasModel) -> None:
+    """Every link has its provenance and exactly one feed entry (folding the feed gives the
+    maps); explain's hops are the model's chain with the right source ids, its refusals the
+    model's refusals naming the id."""
+    maps = {t: links for t, links in model.links.items() if links}
+    changes = list(read_changes(client, "alias:changes"))
+    assert fold(changes) == maps
+    assert len(changes) == sum(map(len, maps.values()))
+    assert {(c.tenant, c.previous_user_id): c.source_id for c in changes} == model.sources
+    resolver = Resolver(client)
+    for tenant in TENANTS:
+        for uid in IDS:
+            explained = resolver.explain(tenant, uid)
+            path = model.path(tenant, uid)
+            assert explained.root == path[-1]
+            assert [(h.from_id, h.to_id, h.provenance and h.provenance.source_id)
+                    for h in explained.hops] == [
+                (a, b, model.sources[tenant, a]) for a, b in itertools.pairwise(path)
+            ]  # fmt: skip
+            assert [tuple(r) for r in explained.refused] == [
+                r for r in model.refused.get(tenant, []) if uid in r[2:]
+            ]
 
 
 def run_workers(
@@ -192,9 +219,10 @@ def check(
     for source in order:
         kind, tenant, user, prev = op_of[source]
         if kind == "identify":
-            model.link(tenant, prev, user)
+            model.link(tenant, prev, user, source)
         if kind == "event" or forward_identify:
             expected[source] = model.resolve(tenant, user)
+    check_accountable(client, model)
     for tenant in TENANTS:
         stored = {k.decode(): v.decode() for k, v in client.hgetall(f"alias:{tenant}").items()}
         assert stored == model.links.get(tenant, {})

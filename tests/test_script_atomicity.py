@@ -1,6 +1,6 @@
 """No Lua script can fail after its first write (Redis keeps what a failed script wrote).
 
-For each write commit.lua makes (HSET, XACK, XADD to either stream, XTRIM of either), a batch
+For each write commit.lua makes (HSET, XACK, XADD to any of its streams, XTRIM of any), a batch
 is built that would make exactly that write fail; the script must refuse it before writing
 anything, so every key dumps the same before and after. link.lua and delconsumer.lua write
 once, as their last step.
@@ -25,6 +25,7 @@ pytestmark = pytest.mark.redis_server
 ROOT = Path(__file__).resolve().parent.parent
 WRITES = {"HSET", "HDEL", "DEL", "SET", "XACK", "XADD", "XTRIM", "XDEL", "XGROUP", "XCLAIM"}
 ALIAS = "alias:acme"
+CHANGES, PROVENANCE, REFUSALS = "alias:changes", ALIAS + ":provenance", ALIAS + ":refusals"
 LAST_ID = "18446744073709551615-18446744073709551615"
 Batch = dict[str, Any]
 
@@ -38,9 +39,10 @@ def _snapshot(client: redis.Redis) -> dict[bytes, bytes | None]:
 
 
 def _batch(client: redis.Redis) -> Batch:
-    """A pending batch of three: a link (the script's first write), an event that resolves
-    through it, and an entry to dead-letter; as the worker would send them."""
-    ids = [client.xadd(INPUT, {"tenant": "acme", "event": f"e{k}"}).decode() for k in range(3)]
+    """A pending batch of four: a link (the script's first write), an event that resolves
+    through it, an entry to dead-letter and a placeholder identify (a refusal to log); as the
+    worker would send them."""
+    ids = [client.xadd(INPUT, {"tenant": "acme", "event": f"e{k}"}).decode() for k in range(4)]
     client.xgroup_create(INPUT, "stitch", id="0")
     client.xreadgroup("stitch", "c1", {INPUT: ">"})
     payload = ["tenant", "acme", "event", "e"]
@@ -48,9 +50,11 @@ def _batch(client: redis.Redis) -> Batch:
         [ids[0], "l", 0, 1, "anon", "real", "?"],
         [ids[1], "r", len(payload), *payload, 1, "anon"],
         [ids[2], "d", len(payload), *payload, "event_not_json: x", "event_not_json"],
+        [ids[3], "p", 0, 1, "null", "real"],
     ]
-    keys = [INPUT, OUTPUT, DEAD, ALIAS, ALIAS + ":heights"]
-    return {"keys": keys, "fixed": ["stitch", 100, 100, 32], "entries": entries}
+    keys = [INPUT, OUTPUT, DEAD, CHANGES, ALIAS, ALIAS + ":heights", PROVENANCE, REFUSALS]
+    fixed = ["stitch", 100, 100, 32, 100, 100, "c1", "alias:"]
+    return {"keys": keys, "fixed": fixed, "entries": entries}
 
 
 def _run(client: redis.Redis, batch: Batch) -> Any:
@@ -98,6 +102,34 @@ def _bad_dead_maxlen(client: redis.Redis, batch: Batch) -> None:  # XTRIM dead
     batch["fixed"][2] = "-1"
 
 
+def _changes_not_stream(client: redis.Redis, batch: Batch) -> None:  # XADD feed: WRONGTYPE
+    client.set(CHANGES, "x")
+
+
+def _changes_out_of_ids(client: redis.Redis, batch: Batch) -> None:
+    client.xadd(CHANGES, {"a": "b"}, id=LAST_ID)
+
+
+def _refusals_not_stream(client: redis.Redis, batch: Batch) -> None:  # XADD refusal log
+    client.hset(REFUSALS, "a", "b")
+
+
+def _refusals_out_of_ids(client: redis.Redis, batch: Batch) -> None:
+    client.xadd(REFUSALS, {"a": "b"}, id=LAST_ID)
+
+
+def _provenance_not_hash(client: redis.Redis, batch: Batch) -> None:  # HSET provenance
+    client.xadd(PROVENANCE, {"a": "b"})
+
+
+def _bad_changes_maxlen(client: redis.Redis, batch: Batch) -> None:  # XTRIM feed
+    batch["fixed"][4] = "1e6"
+
+
+def _bad_refusals_maxlen(client: redis.Redis, batch: Batch) -> None:  # XTRIM refusal log
+    batch["fixed"][5] = ""
+
+
 def _alias_not_hash(client: redis.Redis, batch: Batch) -> None:  # HSET: WRONGTYPE
     client.set(ALIAS, "x")
 
@@ -121,6 +153,13 @@ FAULTS: list[tuple[str, Callable[[redis.Redis, Batch], None], str]] = [
     ("XADD", _dead_out_of_ids, "events:dead has handed out the last possible id"),
     ("XTRIM", _bad_out_maxlen, "maxlen arguments must be digits"),
     ("XTRIM", _bad_dead_maxlen, "maxlen arguments must be digits"),
+    ("XADD", _changes_not_stream, "WRONGTYPE alias:changes holds a string"),
+    ("XADD", _changes_out_of_ids, "alias:changes has handed out the last possible id"),
+    ("XADD", _refusals_not_stream, "WRONGTYPE alias:acme:refusals holds a hash"),
+    ("XADD", _refusals_out_of_ids, "alias:acme:refusals has handed out the last possible id"),
+    ("HSET", _provenance_not_hash, "WRONGTYPE alias:acme:provenance holds a stream"),
+    ("XTRIM", _bad_changes_maxlen, "maxlen arguments must be digits"),
+    ("XTRIM", _bad_refusals_maxlen, "maxlen arguments must be digits"),
     ("HSET", _alias_not_hash, "WRONGTYPE"),
     ("HDEL", _heights_not_hash, "WRONGTYPE"),
     ("HSET", _out_of_memory, "command not allowed when used memory"),
@@ -147,10 +186,19 @@ def test_commit_refused_whole_before_any_write(
 
 
 def test_the_same_batch_commits_whole_without_the_fault(real_redis: redis.Redis) -> None:
-    """The batch the faults start from is valid: link, emit and dead letter all land."""
-    reply = _run(real_redis, _batch(real_redis))
+    """The batch the faults start from is valid: link (with its provenance and feed entry),
+    emit, dead letter and the logged refusal all land."""
+    batch = _batch(real_redis)
+    reply = _run(real_redis, batch)
     assert reply[:3] == [1, 1, 1]
     assert real_redis.hgetall(ALIAS) == {b"anon": b"real"}
+    source, ms, consumer = real_redis.hget(PROVENANCE, "anon").decode().split(" ")
+    assert (source, consumer) == (batch["entries"][0][0], "c1") and int(ms) > 0
+    [(_, change)] = real_redis.xrange(CHANGES)
+    assert change[b"op"] == b"link" and change[b"root"] == b"real"
+    [(_, refusal)] = real_redis.xrange(REFUSALS)
+    assert refusal[b"outcome"] == b"placeholder"
+    assert refusal[b"source_id"].decode() == batch["entries"][3][0]
     assert real_redis.xpending(INPUT, "stitch")["pending"] == 0
 
 

@@ -7,6 +7,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from resolver import AliasCache
+from resolver.feed import ChangeOp
 from resolver.links import LinkOutcome
 
 from .health import Health
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 __all__ = ["Accountant"]
 
 REFUSED = (LinkOutcome.CONFLICT, LinkOutcome.CYCLE, LinkOutcome.TOO_DEEP)
+LOGGED = (*REFUSED, LinkOutcome.PLACEHOLDER)
+"""Outcomes commit.lua writes to the tenant's refusal log (when the entry's XACK returns 1)."""
 
 
 class Accountant:
@@ -87,10 +90,15 @@ class Accountant:
             *((outcome, position) for position, outcome in plan.local_outcomes),
             *zip(result.outcomes, plan.link_entries, strict=True),
         ]
+        m = self.metrics
         for outcome, position in decided:
+            if outcome is LinkOutcome.APPLIED:  # the script wrote its feed entry with the link
+                m.changes.labels(ChangeOp.LINK.value).inc()
             if position in duplicate:
                 continue
             self.metrics.identify.labels(outcome.value).inc()
+            if outcome in LOGGED:
+                m.refusals.labels(outcome.value).inc()
             self.totals["identify:" + outcome.value] += 1
             if outcome in REFUSED:
                 entry_id = entries[position].id.decode()

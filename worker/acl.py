@@ -3,7 +3,7 @@
 ``stitch-worker`` (the daemon and ``resolve``) gets exactly the commands the worker sends,
 found by running the whole suite as that user with an empty ``ACL LOG`` afterwards; commands
 inside its Lua scripts are checked against the same rules, so the scripts' XACK, XADD,
-XTRIM, HSET, TYPE, XINFO STREAM, XPENDING, XINFO CONSUMERS and XGROUP DELCONSUMER are
+XTRIM, HSET, TYPE, XINFO STREAM, TIME, XPENDING, XINFO CONSUMERS and XGROUP DELCONSUMER are
 listed too; what it may delete is confined to the heights hashes by an ACL selector.
 ``stitch-admin`` adds what operators and the governance commands need. Both are confined
 to the four keys (patterns) the settings name; ``lehnz-stitch acl`` prints the lines.
@@ -57,6 +57,8 @@ WORKER_COMMANDS = (
     # the commit script checks its streams before its first write (issue 16)
     "+type",
     "+xinfo|stream",
+    # the commit script stamps each link's provenance with Redis's clock (issue 10)
+    "+time",
     # the alias hashes: resolution reads, link writes (inside the scripts); at start-up the
     # maps whose heights do not account for every link are listed and read (measuring.py)
     "+hget",
@@ -109,12 +111,17 @@ def _literal(name: str) -> str:
 
 
 def key_patterns(settings: Settings) -> list[str]:
-    return [
+    """The streams and ``<prefix>*`` (alias maps, heights, provenance, refusal logs and, by
+    default, the change feed); the feed gets its own pattern when it lies outside."""
+    patterns = [
         "~" + _literal(settings.input_stream),
         "~" + _literal(settings.output_stream),
         "~" + _literal(settings.dead_stream),
         "~" + _literal(settings.alias_prefix) + "*",
     ]
+    if settings.reserved_tenant is None:
+        patterns.append("~" + _literal(settings.changes_key))
+    return patterns
 
 
 def heights_selector(settings: Settings) -> str:

@@ -1,4 +1,4 @@
-"""``lehnz-stitch``: run the daemon, resolve ids, run the embedded demo, or operate it.
+"""``lehnz-stitch``: run the daemon, resolve or explain ids, run the embedded demo, operate it.
 
 The only place that turns errors into exit codes: 0 done, 2 bad configuration,
 3 Redis unavailable past the give-up time, 1 anything unexpected (and 130 from an operator
@@ -23,7 +23,8 @@ from .app import EXIT_OK, run
 from .config import Settings, env_name
 from .connection import connect, redact
 from .deadletters import DeadLetter
-from .errors import ConfigError, RedisUnavailableError
+from .errors import BadArgumentError, ConfigError, RedisUnavailableError
+from .explaining import explain as explain_id
 from .logs import configure_logging, get_logger
 
 __all__ = ["build_parser", "dead_letters", "main", "settings_from"]
@@ -44,10 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--tenant", required=True)
     resolve.add_argument("--chain", action="store_true", help="print the whole path")
     resolve.add_argument("ids", nargs="+", metavar="ID")
+    explain = commands.add_parser(
+        "explain", help="show ID's chain with each link's provenance, and refused identifies"
+    )
+    explain.add_argument("--tenant", required=True)
+    explain.add_argument("--json", action="store_true", help="one JSON object, for tools")
+    explain.add_argument("id", metavar="ID")
     demo = commands.add_parser("demo", help="run the real worker on an embedded Redis and a sample")
     demo.add_argument("--sample", help="JSON-lines sample to feed (default: the shipped one)")
     acl = commands.add_parser("acl", help="print the ACL SETUSER lines for the configured keys")
-    for sub in (run, resolve, demo, acl, *_operator_commands(commands)):
+    for sub in (run, resolve, explain, demo, acl, *_operator_commands(commands)):
         _add_setting_flags(sub)
     return parser
 
@@ -195,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(settings, drain=args.drain)
         if args.command == "resolve":
             return resolve(settings, args.tenant, args.ids, chain=args.chain)
+        if args.command == "explain":
+            print(explain_id(settings, args.tenant, args.id, as_json=args.json))
+            return EXIT_OK
         if args.command == "acl":
             print(acl_lines(settings))
             return EXIT_OK
@@ -210,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_REDIS
     except ConfigError as exc:
         print(f"lehnz-stitch: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BadArgumentError as exc:
+        print(f"lehnz-stitch: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
 

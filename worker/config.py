@@ -37,6 +37,8 @@ ENTRY_OVERHEAD = 1_024
 MAX_FIELDS_CAP = 1_000
 """Field pairs per entry: commit.lua refuses more than 2,000 pairs (Lua's unpack limit is
 8,000 values), so the setting can never let through an entry the script cannot copy."""
+DEFAULT_CHANGES_NAME = "changes"
+"""The change feed is ``<alias prefix>changes`` unless STITCH_CHANGES_STREAM names it."""
 MAX_JSON_DEPTH_CAP = 500
 """msgspec recurses once per level through CPython's recursion limit (1,000): stay well below."""
 
@@ -73,6 +75,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     extra_placeholders: str = ""
     output_maxlen: NonNegativeInt = 10_000_000
     dead_maxlen: NonNegativeInt = 1_000_000
+    changes_stream: str = ""
+    """Empty: the alias prefix + ``changes`` (``alias:changes``), same hash tag as the maps."""
+    changes_maxlen: NonNegativeInt = 10_000_000
+    refusals_maxlen: NonNegativeInt = 100_000
     claim_idle_ms: PositiveInt = 60_000
     claim_interval_ms: PositiveInt = 5_000
     max_deliveries: PositiveInt = 5
@@ -99,12 +105,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"{env_name('alias_prefix')}: stream {clash[0]!r} starts with the alias prefix "
                 f"{self.alias_prefix!r}, so a tenant's alias hash could be that stream"
             )
+        _check_changes_stream(self)
         if self.block_ms / 1000 >= self.shutdown_timeout_s:
             raise ConfigError(
                 f"{env_name('block_ms')}: {self.block_ms} ms must be shorter than "
                 f"{env_name('shutdown_timeout_s')} ({self.shutdown_timeout_s:g} s), or a blocked "
                 "read could outlast a graceful shutdown"
             )
+
+    @property
+    def changes_key(self) -> str:
+        """The change feed: one stream for every tenant's alias map."""
+        return self.changes_stream or self.alias_prefix + DEFAULT_CHANGES_NAME
+
+    @property
+    def reserved_tenant(self) -> str | None:
+        """The tenant whose alias key would be the change feed (``changes`` by default):
+        its entries are dead-lettered as ``reserved_tenant``."""
+        key = self.changes_key
+        return key[len(self.alias_prefix) :] if key.startswith(self.alias_prefix) else None
 
     @property
     def placeholders(self) -> tuple[str, ...]:
@@ -205,6 +224,23 @@ def _check_redis_url(settings: Settings) -> None:
         raise ConfigError(
             f"{env_name('redis_password_file')}: set, but {env_name('redis_url')} holds a "
             "password too; keep only one (the file, with the user name in the URL)"
+        )
+
+
+def _check_changes_stream(settings: Settings) -> None:
+    """The feed is one more stream: not one of the others, and under the alias prefix only as
+    a name without ':' (so it can only ever be one tenant's alias key, which is reserved;
+    never a heights, provenance or refusal key)."""
+    key = settings.changes_key
+    if len(key) > 256:
+        raise ConfigError(f"{env_name('changes_stream')}: longer than 256 characters")
+    if key in (settings.input_stream, settings.output_stream, settings.dead_stream):
+        raise ConfigError(f"{env_name('changes_stream')}: {key!r} is already another stream")
+    reserved = settings.reserved_tenant
+    if reserved is not None and (not reserved or ":" in reserved):
+        raise ConfigError(
+            f"{env_name('changes_stream')}: {key!r} starts with {env_name('alias_prefix')} "
+            f"{settings.alias_prefix!r}; there it must be the prefix and a name without ':'"
         )
 
 

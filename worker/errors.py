@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "RedisUnavailableError", "StaleCommitError", "StitchError"]
+__all__ = [
+    "BadArgumentError",
+    "ConfigError",
+    "RedisUnavailableError",
+    "StaleCommitError",
+    "StitchError",
+]
 
 
 class StitchError(Exception):
@@ -11,6 +17,10 @@ class StitchError(Exception):
 
 class ConfigError(StitchError):
     """A setting is missing or invalid; the message names the environment variable."""
+
+
+class BadArgumentError(StitchError):
+    """A command-line argument cannot be used (a tenant name outside the allowed alphabet)."""
 
 
 class RedisUnavailableError(StitchError):

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from resolver.feed import ChangeOp
 from resolver.links import LinkOutcome
 
 from .deadletters import DeadLetter
@@ -22,6 +23,10 @@ from .deadletters import DeadLetter
 __all__ = ["DEAD_LETTER_REASONS", "IDENTIFY_OUTCOMES", "GroupStats", "Metrics", "observe_many"]
 
 IDENTIFY_OUTCOMES = tuple(outcome.value for outcome in LinkOutcome)
+REFUSAL_OUTCOMES = tuple(
+    o.value for o in LinkOutcome if o not in (LinkOutcome.APPLIED, LinkOutcome.NOOP)
+)
+CHANGE_OPS = tuple(op.value for op in ChangeOp)
 DEAD_LETTER_REASONS = tuple(code.value for code in DeadLetter)
 LATENCY_BUCKETS = (
     0.0005,
@@ -117,6 +122,18 @@ class Metrics:
         self.identify = Counter(
             "stitch_identify", "Identify events by link outcome.", ["outcome"], registry=r
         )
+        self.changes = Counter(
+            "stitch_changes",
+            "Entries appended to the change feed (alias map changes), by op.",
+            ["op"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "stitch_refusals",
+            "Refused identifies written to their tenant's refusal log, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
         self.reclaimed = Counter(
             "stitch_entries_reclaimed",
             "Entries claimed from idle consumers (XAUTOCLAIM).",
@@ -194,6 +211,10 @@ class Metrics:
             self.identify.labels(outcome)
         for reason in DEAD_LETTER_REASONS:
             self.dead_letters.labels(reason)
+        for op in CHANGE_OPS:
+            self.changes.labels(op)
+        for outcome in REFUSAL_OUTCOMES:
+            self.refusals.labels(outcome)
 
     def watch_group(self, read_stats: Callable[[], GroupStats]) -> None:
         self.registry.register(_GroupCollector(read_stats))

@@ -100,6 +100,7 @@ class Parser:
         "_deep_bytes",
         "_id_chars",
         "_max_values",
+        "_reserved",
         "_tenants",
         "max_entry_bytes",
         "max_event_bytes",
@@ -115,6 +116,7 @@ class Parser:
         max_fields: int = 64,
         max_id_bytes: int = 256,
         max_json_depth: int = 256,
+        reserved_tenant: str | None = None,
     ) -> None:
         self.max_event_bytes = max_event_bytes
         self.max_entry_bytes = max_entry_bytes or max_event_bytes + 64 * 1024
@@ -129,6 +131,8 @@ class Parser:
         """Valid JSON nesting deeper than the limit needs at least this many bytes."""
         self._decode = msgspec.json.Decoder(_Fields).decode
         self._tenants: dict[bytes, str] = {}
+        self._reserved = reserved_tenant.encode() if reserved_tenant is not None else None
+        """The tenant whose alias key is the change feed (see Settings.reserved_tenant)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Parser:
@@ -138,6 +142,7 @@ class Parser:
             max_fields=settings.max_fields,
             max_id_bytes=settings.max_id_bytes,
             max_json_depth=settings.max_json_depth,
+            reserved_tenant=settings.reserved_tenant,
         )
 
     def parse(self, entry_id: bytes, fields: list[bytes] | None) -> Entry:
@@ -177,6 +182,8 @@ class Parser:
                     return entry.reject(DeadLetter.MISSING_TENANT)
                 if n == 4 and sum(map(len, fields)) > self.max_entry_bytes:
                     return _too_large(entry, sum(map(len, fields)), self.max_entry_bytes)
+                if raw_tenant == self._reserved:
+                    return entry.reject(DeadLetter.RESERVED_TENANT, tenant=raw_tenant.decode())
                 return entry.reject(DeadLetter.INVALID_TENANT)
         entry.tenant = tenant
         if raw is None:
@@ -233,7 +240,7 @@ class Parser:
         return entry.reject(DeadLetter.ID_TOO_LONG, field=field, size=size, limit=self.max_id_bytes)
 
     def _tenant(self, raw: bytes | None) -> str | None:
-        if raw is None or not TENANT_RE.match(raw):
+        if raw is None or not TENANT_RE.match(raw) or raw == self._reserved:
             return None
         if len(self._tenants) < 100_000:
             self._tenants[raw] = raw.decode("ascii")

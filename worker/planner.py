@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from resolver import UNRESOLVED, AliasCache, End, walk
 from resolver.heights import heights_key
 from resolver.links import LinkOutcome, LinkRules
+from resolver.provenance import provenance_key, refusals_key
 from resolver.resolver import REFUSAL_MEMORY
 
 from .parser import Entry, Kind
@@ -28,6 +29,7 @@ __all__ = ["Plan", "Planner"]
 
 EMIT, RESOLVE, DEAD, ACK = b"e", b"r", b"d", b"a"
 LINK, LINK_EMIT = b"l", b"L"
+PLACEHOLDER, PLACEHOLDER_EMIT = b"p", b"P"
 APPLIES, REFUSED, UNKNOWN = b"1", b"0", b"?"
 
 
@@ -86,12 +88,20 @@ class _Draft:
         self.own_links: dict[str, dict[str, str]] = {}
 
     def tenant_number(self, tenant: str, key_prefix: str) -> int:
-        """The tenant's ordinal in the commit: its alias hash and that hash's heights hash
-        are the KEYS_PER_TENANT keys at KEYS[FIXED_KEYS + KEYS_PER_TENANT * (n - 1) + 1..]."""
+        """The tenant's ordinal in the commit: its alias hash, heights hash, provenance hash
+        and refusal log are the KEYS_PER_TENANT keys at
+        KEYS[FIXED_KEYS + KEYS_PER_TENANT * (n - 1) + 1..]."""
         number = self.tenants.get(tenant)
         if number is None:
             alias_key = key_prefix + tenant
-            self.alias_keys.extend((alias_key, heights_key(alias_key)))
+            self.alias_keys.extend(
+                (
+                    alias_key,
+                    heights_key(alias_key),
+                    provenance_key(alias_key),
+                    refusals_key(alias_key),
+                )
+            )
             number = self.tenants[tenant] = len(self.tenants) + 1
         return number
 
@@ -224,9 +234,19 @@ class Planner:
         tenant, prev, user = entry.tenant, entry.previous_user_id, entry.user_id
         is_placeholder = self.rules.is_placeholder
         placeholder = is_placeholder(prev) or is_placeholder(user)
-        if placeholder or prev == user:
-            outcome = LinkOutcome.PLACEHOLDER if placeholder else LinkOutcome.NOOP
-            draft.local_outcomes.append((position, outcome))
+        if placeholder:  # refused here, logged by the commit with the entry's ack
+            draft.local_outcomes.append((position, LinkOutcome.PLACEHOLDER))
+            index = draft.tenant_number(tenant, self.key_prefix)
+            if self.forward_identify:
+                fields = entry.fields or ()
+                draft.entries.extend(
+                    (entry.id, PLACEHOLDER_EMIT, len(fields), *fields, index, prev, user)
+                )
+            else:
+                draft.entries.extend((entry.id, PLACEHOLDER, 0, index, prev, user))
+            return
+        if prev == user:
+            draft.local_outcomes.append((position, LinkOutcome.NOOP))
             if self.forward_identify:
                 index = draft.tenant_number(tenant, self.key_prefix)
                 fields = entry.fields or ()

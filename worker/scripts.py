@@ -25,12 +25,14 @@ __all__ = [
     "CommitCommand",
 ]
 
-FIXED_KEYS = 3
-"""The input, output and dead-letter streams open every commit's KEYS; KEYS_PER_TENANT keys
-per tenant of the batch follow, addressed by the tenant's ordinal n (see commit.lua)."""
+FIXED_KEYS = 4
+"""The input, output, dead-letter and change-feed streams open every commit's KEYS;
+KEYS_PER_TENANT keys per tenant of the batch follow, addressed by the tenant's ordinal n (see
+commit.lua)."""
 
-KEYS_PER_TENANT = 2
-"""A tenant's alias hash, then its heights hash (resolver/heights.py)."""
+KEYS_PER_TENANT = 4
+"""A tenant's alias hash, its heights hash (resolver/heights.py), its provenance hash and its
+refusal log (resolver/provenance.py)."""
 
 COMMIT_LUA = (
     f"local FIXED_KEYS, KEYS_PER_TENANT = {FIXED_KEYS}, {KEYS_PER_TENANT}\n"
@@ -50,7 +52,12 @@ class CommitCommand:
         self.source = source
         """Loaded by the committer after NOSCRIPT; tests may run a variant."""
         self.sha = COMMIT_SHA if source is COMMIT_LUA else hashlib.sha1(source.encode()).hexdigest()
-        self._fixed_keys = (settings.input_stream, settings.output_stream, settings.dead_stream)
+        self._fixed_keys = (
+            settings.input_stream,
+            settings.output_stream,
+            settings.dead_stream,
+            settings.changes_key,
+        )
         if len(self._fixed_keys) != FIXED_KEYS:
             raise AssertionError("the commit script's fixed KEYS changed without FIXED_KEYS")
         self._fixed_args = (
@@ -58,6 +65,10 @@ class CommitCommand:
             settings.output_maxlen,
             settings.dead_maxlen,
             settings.max_chain_depth,
+            settings.changes_maxlen,
+            settings.refusals_maxlen,
+            settings.consumer,
+            settings.alias_prefix,
         )
 
     def pack(

@@ -6,13 +6,16 @@
 --    forest rules (seeing the batch's earlier links), compare with what the worker predicted,
 --    and resolve the events the worker could not resolve from its cache.
 -- 3. If any assumption was stale, return it and write nothing. Otherwise write the links,
---    XACK every entry and emit only where XACK returned 1, so a redelivered or doubly claimed
---    entry is never emitted twice.
+--    each with its provenance and its change-feed entry (a link is written at most once: the
+--    first link of an id stands, so a redelivered identify is a noop and adds nothing), then
+--    XACK every entry and emit (or log a refused identify) only where XACK returned 1, so a
+--    redelivered or doubly claimed entry is never emitted or logged twice.
 --
--- KEYS: the FIXED_KEYS streams (input, output, dead-letter), then KEYS_PER_TENANT keys per
---   tenant: tenant n's alias hash and that hash's heights hash (both constants are prepended
---   by worker/scripts.py; see alias_key and heights_key below).
--- ARGV: group, output maxlen, dead maxlen, max chain depth, n_verify, n_entries, then
+-- KEYS: the FIXED_KEYS streams (input, output, dead-letter, change feed), then
+--   KEYS_PER_TENANT keys per tenant n: its alias hash, heights hash, provenance hash and
+--   refusal log (both constants are prepended by worker/scripts.py; see alias_key below).
+-- ARGV: group, output maxlen, dead maxlen, max chain depth, change feed maxlen, refusal log
+--   maxlen, consumer, alias key prefix, n_verify, n_entries, then
 --   n_verify groups: (tenant n, count, ids...)   roots the worker relied on
 --   n_entries x (id, action, n, the entry's n fields, action arguments):
 --     'e'  + root tenant: emit with resolved_user_id = root (followed first if it moved)
@@ -21,6 +24,8 @@
 --     'a'  (n = 0) ack only
 --     'l'  (n = 0) + tenant prev user expect: link ('1' applies, '0' not, '?' unknown)
 --     'L'  + tenant prev user expect: link, then emit after resolving user here
+--     'p'  (n = 0) + tenant prev user: ack only, log a placeholder refusal
+--     'P'  + tenant prev user: log a placeholder refusal, emit after resolving user here
 --   The worker sends each payload back with its verdict (cheaper for Redis than re-reading
 --   it): emitted and dead-lettered entries are written straight from ARGV.
 -- Returns {0, {link ordinal, current, outcome}...} when a predicted link outcome was stale,
@@ -33,6 +38,8 @@
 -- batch that cannot be committed whole is refused whole, with an error and nothing written:
 --   streams   TYPE is stream or none (else WRONGTYPE), and XADD '*' still has an id to give
 --   maxlens   digits only, for XTRIM
+--   feed, refusal logs, provenance   streams as above, hashes TYPE hash or none, checked
+--             for the keys this batch writes once its outcomes are known
 --   entries   an even number of field values, at most MAX_VALUES (XADD's arguments pass
 --             through Lua's stack: unpack() fails past 8,000 values)
 --   alias     each hash is read (HGET) before any link to it is written (WRONGTYPE early)
@@ -41,30 +48,39 @@
 --             per-id check here would cost about 3% of the script's time, for ids no
 --             entry's content can choose
 
-local input, output, dead = KEYS[1], KEYS[2], KEYS[3]
+local input, output, dead, changes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, out_maxlen, dead_maxlen = ARGV[1], ARGV[2], ARGV[3]
 local max_depth = tonumber(ARGV[4])
-local n_verify, n_entries = tonumber(ARGV[5]), tonumber(ARGV[6])
-local i = 7
+local changes_maxlen, refusals_maxlen, consumer, prefix = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local n_verify, n_entries = tonumber(ARGV[9]), tonumber(ARGV[10])
+local i = 11
 local CHUNK = 4000  -- stays well below Lua's unpack() limit
 local MAX_VALUES = 4000  -- 2,000 field pairs per entry; the worker's STITCH_MAX_FIELDS <= 1,000
 local LAST_ID = '18446744073709551615-18446744073709551615'
 
-for k = 1, FIXED_KEYS do
-  local kind = redis.call('TYPE', KEYS[k])['ok']
-  if kind == 'stream' and k > 1 then
-    local info = redis.call('XINFO', 'STREAM', KEYS[k])
+-- nil, or why `key` cannot be a stream the script XACKs (or, with `adds`, XADDs to)
+local function stream_error(key, adds)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'stream' and adds then
+    local info = redis.call('XINFO', 'STREAM', key)
     for f = 1, #info, 2 do
       if info[f] == 'last-generated-id' and info[f + 1] == LAST_ID then
-        return redis.error_reply('ERR ' .. KEYS[k] .. ' has handed out the last possible id')
+        return 'ERR ' .. key .. ' has handed out the last possible id'
       end
     end
   elseif kind ~= 'stream' and kind ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a stream')
+    return 'WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a stream'
   end
 end
-if not (string.find(out_maxlen, '^%d+$') and string.find(dead_maxlen, '^%d+$')) then
-  return redis.error_reply('ERR maxlen arguments must be digits')
+
+for k = 1, 3 do  -- the change feed is checked below, only when the batch links something
+  local err = stream_error(KEYS[k], k > 1)
+  if err then return redis.error_reply(err) end
+end
+for _, maxlen in ipairs({out_maxlen, dead_maxlen, changes_maxlen, refusals_maxlen}) do
+  if not string.find(maxlen, '^%d+$') then
+    return redis.error_reply('ERR maxlen arguments must be digits')
+  end
 end
 
 local function alias_key(n)
@@ -72,6 +88,12 @@ local function alias_key(n)
 end
 local function heights_key(n)
   return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 2]
+end
+local function provenance_key(n)
+  return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 3]
+end
+local function refusals_key(n)
+  return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 4]
 end
 
 local moved = {}  -- key index -> set of roots that are linked now
@@ -91,8 +113,11 @@ for _ = 1, n_verify do
   i = i + 2 + count
 end
 
-local EXTRA = {e = 2, d = 2, a = 0, r = 2, l = 4, L = 4}
+local EXTRA = {e = 2, d = 2, a = 0, r = 2, l = 4, L = 4, p = 3, P = 3}
+local REFUSED = {conflict = true, cycle = true, too_deep = true}
 local pending, learned = {}, {}
+local applied = {}  -- {tenant n, prev, user, root after the link, source id} per link written
+local refusals = {}  -- entry ordinal -> {tenant n, outcome, prev, user}: logged if acked
 
 -- Resolve to the true end of the chain, with the batch's earlier links; no depth cap, so the
 -- answer never depends on what the worker's cache had compressed. A foreign cycle resolves
@@ -142,6 +167,9 @@ for n = 1, n_entries do
       decide_link(key, hkey, prev, user, max_depth, pending)
     if outcome == 'applied' then
       stage_link(key, hkey, prev, user, root, height, prev_height, pending)
+      applied[#applied + 1] = {index, prev, user, root, ARGV[i]}
+    elseif REFUSED[outcome] then
+      refusals[n] = {index, outcome, prev, user}
     end
     if expect ~= '?' and (outcome == 'applied') ~= (expect == '1') then
       stale_links[#stale_links + 1] = {#outcomes + 1, current or false, outcome}
@@ -164,6 +192,15 @@ for n = 1, n_entries do
     roots[n] = root
     resolved[#resolved + 1] = root
     resolved[#resolved + 1] = depth
+  elseif action == 'p' or action == 'P' then
+    local index, prev, user = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+    refusals[n] = {index, 'placeholder', prev, user}
+    if action == 'P' then
+      local root, depth = resolve(index, alias_key(index), user)
+      roots[n] = root
+      resolved[#resolved + 1] = root
+      resolved[#resolved + 1] = depth
+    end
   end
   i = a + EXTRA[action]
 end
@@ -172,7 +209,54 @@ if #stale_links > 0 then
   return {0, stale_links}
 end
 
+-- the keys only this batch's outcomes name: checked now, still before the first write
+local checked = {}
+local function check(key, kind)
+  if checked[key] then return end
+  checked[key] = true
+  if kind == 'hash' then
+    local found = redis.call('TYPE', key)['ok']
+    if found ~= 'hash' and found ~= 'none' then
+      return 'WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a hash'
+    end
+    return
+  end
+  return stream_error(key, true)
+end
+if #applied > 0 then
+  local err = check(changes, 'stream')
+  if err then return redis.error_reply(err) end
+end
+for _, link in ipairs(applied) do
+  local err = check(provenance_key(link[1]), 'hash')
+  if err then return redis.error_reply(err) end
+end
+for _, refusal in pairs(refusals) do
+  local err = check(refusals_key(refusal[1]), 'stream')
+  if err then return redis.error_reply(err) end
+end
+
+local stamp  -- ' <applied ms> <consumer>'; TIME before the first write (an ACL refuses it)
+if #applied > 0 then
+  local now = redis.call('TIME')
+  stamp = ' ' .. now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000)) ..
+          ' ' .. consumer
+end
+
 write_staged(pending)
+
+if #applied > 0 then
+  for _, link in ipairs(applied) do
+    local index, prev, user, root, source = link[1], link[2], link[3], link[4], link[5]
+    redis.call('HSET', provenance_key(index), prev, source .. stamp)
+    redis.call('XADD', changes, '*', 'tenant', string.sub(alias_key(index), #prefix + 1),
+               'op', 'link', 'previous_user_id', prev, 'user_id', user, 'root', root,
+               'source_id', source)
+  end
+  if changes_maxlen ~= '0' then
+    redis.call('XTRIM', changes, 'MAXLEN', '~', changes_maxlen)
+  end
+end
 
 -- XADD the entry's own fields (ARGV[first .. first + n - 1]) plus the pairs in `...`.
 -- The usual shapes (tenant + event [+ domain]) are spelled out: no table to build.
@@ -189,7 +273,7 @@ local function xadd(stream, first, n, ...)
   return redis.call('XADD', unpack(args))
 end
 
-local emitted, dead_lettered, duplicates = 0, 0, {}
+local emitted, dead_lettered, duplicates, logged = 0, 0, {}, {}
 i = start
 for n = 1, n_entries do
   local id, action, n_fields = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
@@ -204,6 +288,13 @@ for n = 1, n_entries do
            'source_id', id)
       dead_lettered = dead_lettered + 1
     end
+    local refusal = refusals[n]
+    if refusal then
+      local log = refusals_key(refusal[1])
+      redis.call('XADD', log, '*', 'outcome', refusal[2], 'source_id', id,
+                 'previous_user_id', refusal[3], 'user_id', refusal[4])
+      logged[log] = true
+    end
   else
     duplicates[#duplicates + 1] = n
   end
@@ -216,6 +307,11 @@ if emitted > 0 and out_maxlen ~= '0' then
 end
 if dead_lettered > 0 and dead_maxlen ~= '0' then
   redis.call('XTRIM', dead, 'MAXLEN', '~', dead_maxlen)
+end
+if refusals_maxlen ~= '0' then
+  for log in pairs(logged) do
+    redis.call('XTRIM', log, 'MAXLEN', '~', refusals_maxlen)
+  end
 end
 
 return {1, emitted, dead_lettered, duplicates, outcomes, resolved, learned}
