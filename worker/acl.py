@@ -99,6 +99,8 @@ ADMIN_COMMANDS = (
     "+del",
     "+unlink",
     "+exists",
+    # import --dry-run stages its decisions in scratch hashes that expire if it is killed
+    "+pexpire",
 )
 """What operators and the governance commands need on top of the worker's rights."""
 
@@ -136,7 +138,14 @@ def worker_rules(settings: Settings) -> list[str]:
 
 
 def admin_rules(settings: Settings) -> list[str]:
-    return ["-@all", *WORKER_COMMANDS, *ADMIN_COMMANDS, *key_patterns(settings)]
+    """The heights selector too: ``import`` measures a map's heights first, as the worker."""
+    return [
+        "-@all",
+        *WORKER_COMMANDS,
+        *ADMIN_COMMANDS,
+        *key_patterns(settings),
+        heights_selector(settings),
+    ]
 
 
 def setuser_args(user: str, password: str, rules: list[str]) -> list[str]:

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the real worker on an embedded Redis and a sample")
     demo.add_argument("--sample", help="JSON-lines sample to feed (default: the shipped one)")
     acl = commands.add_parser("acl", help="print the ACL SETUSER lines for the configured keys")
-    for sub in (run, resolve, explain, demo, acl, *_operator_commands(commands)):
+    operators = [*_operator_commands(commands), *ops.transfer_commands(commands)]
+    for sub in (run, resolve, explain, demo, acl, *operators):
         _add_setting_flags(sub)
     return parser
 
@@ -212,6 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ops.status(settings, as_json=args.json, watch=args.watch)
         if args.command == "dead-letters":
             return dead_letters(settings, args)
+        if args.command == "export":
+            return ops.export_map(settings, tenant=args.tenant, fmt=args.format, output=args.output)
+        if args.command == "import":
+            return ops.import_links(
+                settings, tenant=args.tenant, path=args.file, fmt=args.format, dry_run=args.dry_run
+            )
         from .demo import run_demo  # imports fakeredis lazily: only the demo needs it
 
         return run_demo(settings, args.sample)

@@ -1,0 +1,104 @@
+-- Applies one chunk of imported links under the worker's link rules (link_rules.lua is
+-- prepended), each applied link with its provenance and its change-feed entry, exactly as
+-- commit.lua writes them. A chunk is decided whole (row by row in file order, each row seeing
+-- the earlier rows' links), then written whole or refused whole with nothing written.
+--
+-- KEYS: alias hash, its heights hash, its provenance hash, the change feed, and for a dry run
+--   the two scratch hashes standing in for the alias and heights hashes (see below).
+-- ARGV: mode ('apply' or 'dry'), max chain depth, change feed maxlen, tenant, consumer
+--   (written into provenance), source id prefix ('import:<file sha>:'), n, then n x
+--   (line, previous_user_id, user_id, applied_at_ms or '' for Redis's clock).
+-- Returns the outcome of each row: 'applied' | 'noop' | 'conflict' | 'cycle' | 'too_deep'.
+--
+-- A dry run writes nothing to the four keys: it stages the links it would apply in the
+-- scratch hashes (expiring after an hour) and reads them before the real ones, so that a
+-- later chunk of the same run sees the links earlier chunks would have applied.
+--
+-- Before the first write, as in commit.lua: each hash is TYPE hash or none, the feed TYPE
+-- stream or none with ids left to give, the maxlen digits only; the alias hash is read
+-- (HGET) before any write; Redis refuses only a script's first write when out of memory.
+
+local alias, heights, provenance, changes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local mode, max_depth, changes_maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local tenant, consumer, source_prefix, n = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+local LAST_ID = '18446744073709551615-18446744073709551615'
+local dry = mode == 'dry'
+
+if not string.find(changes_maxlen, '^%d+$') then
+  return redis.error_reply('ERR maxlen arguments must be digits')
+end
+for _, key in ipairs({alias, heights, provenance}) do
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'hash' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a hash')
+  end
+end
+
+local pending = {}
+if dry then
+  -- the scratch hashes answer first: raw fields (this chunk) win, then __index
+  local shadow_links, shadow_heights = KEYS[5], KEYS[6]
+  pending[alias] = setmetatable({}, {__index = function(_, id)
+    return redis.call('HGET', shadow_links, id) or nil
+  end})
+  pending[heights] = setmetatable({}, {__index = function(_, root)
+    return tonumber(redis.call('HGET', shadow_heights, root)) or nil
+  end})
+end
+
+local outcomes, applied = {}, {}
+local i = 8
+for r = 1, n do
+  local prev, user = ARGV[i + 1], ARGV[i + 2]
+  local outcome, _, root, height, prev_height =
+    decide_link(alias, heights, prev, user, max_depth, pending)
+  if outcome == 'applied' then
+    stage_link(alias, heights, prev, user, root, height, prev_height, pending)
+    applied[#applied + 1] = {prev, user, root, source_prefix .. ARGV[i], ARGV[i + 3]}
+  end
+  outcomes[r] = outcome
+  i = i + 4
+end
+
+if dry then
+  local targets = {[alias] = KEYS[5], [heights] = KEYS[6]}
+  for key, staged in pairs(pending) do
+    local target = targets[key]
+    if target then
+      for field, value in pairs(staged) do
+        redis.call('HSET', target, field, value or '0')  -- false: prev is no longer a root
+      end
+      redis.call('PEXPIRE', target, 3600000)
+    end
+  end
+  return outcomes
+end
+
+if #applied == 0 then return outcomes end
+
+local kind = redis.call('TYPE', changes)['ok']
+if kind == 'stream' then
+  local info = redis.call('XINFO', 'STREAM', changes)
+  for f = 1, #info, 2 do
+    if info[f] == 'last-generated-id' and info[f + 1] == LAST_ID then
+      return redis.error_reply('ERR ' .. changes .. ' has handed out the last possible id')
+    end
+  end
+elseif kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. changes .. ' holds a ' .. kind .. ', not a stream')
+end
+local now = redis.call('TIME')
+local now_ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
+
+write_staged(pending)
+for _, link in ipairs(applied) do
+  local prev, user, root, source, at = link[1], link[2], link[3], link[4], link[5]
+  if at == '' then at = now_ms end
+  redis.call('HSET', provenance, prev, source .. ' ' .. at .. ' ' .. consumer)
+  redis.call('XADD', changes, '*', 'tenant', tenant, 'op', 'link', 'previous_user_id', prev,
+             'user_id', user, 'root', root, 'source_id', source)
+end
+if changes_maxlen ~= '0' then
+  redis.call('XTRIM', changes, 'MAXLEN', '~', changes_maxlen)
+end
+return outcomes
