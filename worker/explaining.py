@@ -58,7 +58,8 @@ def render(explanation: Explanation) -> str:
             at = datetime.fromtimestamp(p.applied_at_ms / 1000, UTC).isoformat(
                 timespec="milliseconds"
             )
-            why = f"identify {p.source_id}, applied {at} by {p.consumer}"
+            origin = "row" if p.source_id.startswith("import:") else "identify"  # `import`
+            why = f"{origin} {p.source_id}, applied {at} by {p.consumer}"
         lines.append(f"  {hop.from_id} -> {hop.to_id}    {why}")
     lines.append(f"refused identifies naming {e.id}: {len(e.refused) or 'none'}")
     lines.extend(
