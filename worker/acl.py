@@ -103,6 +103,7 @@ ADMIN_COMMANDS = (
     "+exists",
     # unlink and forget (issue 11): the children index, the generation and tombstone counts
     "+zrangebylex",
+    "+zcard",
     "+zrem",
     "+hincrby",
 )

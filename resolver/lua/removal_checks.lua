@@ -29,24 +29,33 @@ local function root_of(key, id)
   end
 end
 
--- `id` and every id whose chain passes through it, from the children index; each edge is
--- checked against the map, so an index entry for a link removed meanwhile is never followed
-local function subtree(key, ckey, id)
-  local found, seen, k = {id}, {[id] = true}, 1
+-- `id` and every id whose chain passes through it (except through `skip`), from the children
+-- index, breadth first, and the height of that tree; each edge is checked against the map, so
+-- an index entry for a link removed meanwhile is never followed
+local function subtree(key, ckey, id, skip)
+  local found, seen, depth, k = {id}, {[id] = true}, {0}, 1
+  local height = 0
   while k <= #found do
     local node = found[k]
     local prefix = #node .. ':' .. node
     local members = redis.call('ZRANGEBYLEX', ckey, '[' .. prefix, '[' .. prefix .. '\255')
     for _, m in ipairs(members) do
       local child = string.sub(m, #prefix + 1)
-      if not seen[child] and redis.call('HGET', key, child) == node then
+      if child ~= skip and not seen[child] and redis.call('HGET', key, child) == node then
         seen[child] = true
         found[#found + 1] = child
+        depth[#found] = depth[k] + 1
+        if depth[k] + 1 > height then height = depth[k] + 1 end
       end
     end
     k = k + 1
   end
-  return found
+  return found, height
+end
+
+-- true when the children index holds every link of the map (none written by another program)
+local function indexed(key, ckey)
+  return redis.call('ZCARD', ckey) == redis.call('HLEN', key)
 end
 
 local function first_error(...)

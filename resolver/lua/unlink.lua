@@ -10,8 +10,10 @@
 -- {1, the removed link's target, {previous_user_id and every id under it}}: the ids whose
 -- resolution changes (from the old root to previous_user_id). A dry run writes nothing.
 --
--- Heights stay upper bounds: the old root keeps its height, and previous_user_id (a new root)
--- gets old root's height - its depth, which bounds every chain under it.
+-- Heights: when the children index holds every link of the map, both trees are walked and
+-- the old root and previous_user_id (a new root) get their exact heights. Otherwise (links
+-- written by another program) they stay upper bounds: the old root keeps its height, and
+-- previous_user_id gets the old root's height - its depth, which bounds every chain under it.
 local key, hkey, pkey, rkey, ckey, changes = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local prev, block, op_id, reason, tenant = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4], ARGV[5]
 local changes_maxlen, dry = ARGV[6], ARGV[7] == '1'
@@ -25,23 +27,29 @@ if not string.find(changes_maxlen, '^%d+$') then
 end
 local target = redis.call('HGET', key, prev)
 if not target then return {0} end
-local affected = subtree(key, ckey, prev)
+local affected, prev_height = subtree(key, ckey, prev)
 if dry then return {1, target, affected} end
 err = first_error(not_a_count(rkey, ''), not_a_count(hkey, ''))
 if err then return redis.error_reply(err) end
 
 local root, depth = root_of(key, target)
-local prev_bound = 0
-if root then
-  prev_bound = (tonumber(redis.call('HGET', hkey, root)) or 0) - (depth + 1)
+local root_height = nil  -- nil: keep the old root's height as it is
+if root and indexed(key, ckey) then
+  local _
+  _, root_height = subtree(key, ckey, root, prev)
+elseif root then
+  prev_height = (tonumber(redis.call('HGET', hkey, root)) or 0) - (depth + 1)
 end
 local count = tonumber(redis.call('HGET', hkey, ''))
 
 redis.call('HDEL', key, prev)
 redis.call('HDEL', pkey, prev)
 redis.call('ZREM', ckey, child_member(target, prev))
-if prev_bound > (tonumber(redis.call('HGET', hkey, prev)) or 0) then
-  redis.call('HSET', hkey, prev, prev_bound)
+if prev_height > 0 then redis.call('HSET', hkey, prev, prev_height) end
+if root_height == 0 then
+  redis.call('HDEL', hkey, root)
+elseif root_height then
+  redis.call('HSET', hkey, root, root_height)
 end
 if count and count > 0 then
   redis.call('HSET', hkey, '', count - 1)
