@@ -2,9 +2,9 @@
 
 Stream order for one replica: an identify applies to every later event, including later
 events of the same batch. The planner predicts each link's outcome from the cache (whose
-hops are facts as long as the tenant's generation holds: only unlink and forget remove links,
-and they bump it; see generations.py) plus an overlay of the batch's own earlier links, and lists every
-root it relied on; the commit script re-checks those roots and predictions atomically and
+hops are facts while the tenant's generation holds: only unlink and forget remove links, and
+they bump it; see generations.py) plus an overlay of the batch's own earlier links, and lists
+every root it relied on; the commit script re-checks those roots and predictions atomically and
 refuses the whole batch if any is stale, so a cache can never emit a stale resolution.
 """
 
