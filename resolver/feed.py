@@ -27,6 +27,15 @@ __all__ = ["Attribution", "Change", "ChangeOp", "fold", "follow", "parse_change"
 class ChangeOp(StrEnum):
     LINK = "link"
     """previous_user_id -> user_id was written (it had no link before)."""
+    UNLINK = "unlink"
+    """previous_user_id -> user_id was removed (``lehnz-stitch unlink``); root is
+    previous_user_id, now the root of its own tree; source_id is the operation's id."""
+    BLOCK = "block"
+    """The link just unlinked will never be made again (right after its ``unlink``)."""
+    FORGET = "forget"
+    """A person was erased (``lehnz-stitch forget``): previous_user_id and user_id are empty,
+    root is the HMAC (STITCH_TOMBSTONE_KEY) of the erased component's root, field ``ids`` how
+    many ids were erased; source_id is the operation's id. No raw id is written."""
 
 
 class Change(NamedTuple):
@@ -67,11 +76,14 @@ def read_changes(client: redis.Redis, stream: str, *, count: int = 1000) -> Iter
 
 
 def fold(changes: Iterable[Change]) -> dict[str, dict[str, str]]:
-    """The alias maps (tenant -> previous_user_id -> user_id) the changes describe."""
+    """The alias maps (tenant -> previous_user_id -> user_id) the changes describe (links and
+    unlinks; a forget names no ids: see Attribution.erase)."""
     maps: dict[str, dict[str, str]] = {}
     for change in changes:
         if change.op is ChangeOp.LINK:
             maps.setdefault(change.tenant, {})[change.previous_user_id] = change.user_id
+        elif change.op is ChangeOp.UNLINK:
+            maps.get(change.tenant, {}).pop(change.previous_user_id, None)
     return maps
 
 
@@ -83,14 +95,22 @@ class Attribution:
     members to re-point them without reading Redis.
     """
 
-    __slots__ = ("members", "root_of")
+    __slots__ = ("members", "resnapshot", "root_of")
 
     def __init__(self) -> None:
         self.root_of: dict[tuple[str, str], str] = {}
         self.members: dict[tuple[str, str], set[str]] = {}
+        self.resnapshot: set[str] = set()
+        """Tenants with an unlink or forget since the last snapshot: the table keeps roots,
+        not trees, so it cannot tell which ids moved (or, for forget, which were erased:
+        the entry names none); re-read those tenants' maps."""
 
     def apply(self, change: Change) -> None:
         tenant, root = change.tenant, change.root
+        if change.op is not ChangeOp.LINK:
+            if change.op is not ChangeOp.BLOCK:
+                self.resnapshot.add(tenant)
+            return
         moved = self.members.pop((tenant, change.previous_user_id), set())
         moved |= {change.previous_user_id, change.user_id, root}
         for uid in moved:
@@ -101,6 +121,7 @@ class Attribution:
         """Start over from whole alias maps (read with HSCAN), e.g. after falling behind."""
         self.root_of.clear()
         self.members.clear()
+        self.resnapshot.clear()
         for tenant, links in maps.items():
             for uid in links:
                 path, node = [uid], uid

@@ -27,6 +27,10 @@ class LinkOutcome(StrEnum):
     """The link would make some chain longer than the cap (``STITCH_MAX_CHAIN_DEPTH``)."""
     PLACEHOLDER = "placeholder"
     """Either side is a placeholder id such as "null" or "anonymous"."""
+    BLOCKED = "blocked"
+    """An operator unlinked this very link with ``--block``: it is never made again."""
+    FORGOTTEN = "forgotten"
+    """Either side is an erased id (``forget``): it is never linked again."""
 
 
 class LinkRules:

@@ -21,14 +21,16 @@ from typing import Any
 import redis
 
 from .cache import AliasCache
+from .erasing import Erasing
 from .explain import Explanation, explain
 from .heights import heights_key
 from .ids import decode_id, encode_id
 from .links import LinkOutcome, LinkRules
+from .removals import children_key, removals_key, tombstone
 from .scripts import LINK_LUA
 from .walk import End, walk
 
-__all__ = ["DEFAULT_KEY_PREFIX", "DEFAULT_MAX_DEPTH", "Resolver"]
+__all__ = ["DEFAULT_CHANGES_NAME", "DEFAULT_KEY_PREFIX", "DEFAULT_MAX_DEPTH", "Resolver"]
 
 DEFAULT_KEY_PREFIX = "alias:"
 """The contract's key: ``alias:<tenant>``. Add a hash tag (``{lehnz}alias:``) for Cluster."""
@@ -37,13 +39,15 @@ DEFAULT_MAX_DEPTH = 16
 merged primary, plus a rare second merge); 16 leaves 4x that for id migrations and refuses a
 client that mints a new id per page view after 16 of them, so a cold read costs at most 17
 round trips (library) or hops (commit script)."""
+DEFAULT_CHANGES_NAME = "changes"
+"""The change feed is ``<key prefix>changes`` unless named otherwise."""
 REFUSAL_MEMORY = 10_000
 """Links refused as too deep that this process remembers (see Resolver.too_deep)."""
 
 Wanted = dict[str, set[str]]
 
 
-class Resolver:
+class Resolver(Erasing):
     """Resolves ids to the end of their alias chain; safe against foreign cycles."""
 
     def __init__(
@@ -55,6 +59,8 @@ class Resolver:
         cache_size: int = 100_000,
         max_depth: int = DEFAULT_MAX_DEPTH,
         rules: LinkRules | None = None,
+        tombstone_key: bytes | None = None,
+        changes_key: str | None = None,
     ) -> None:
         self.client = client
         self.key_prefix = key_prefix
@@ -64,6 +70,9 @@ class Resolver:
         self.too_deep = AliasCache(REFUSAL_MEMORY)
         """prev -> user of links refused as too deep: the refusal is final (heights only
         grow while prev stays a root), so the worker's planner predicts it next time."""
+        self.tombstone_key = tombstone_key
+        """STITCH_TOMBSTONE_KEY: needed by forget, and by link once a tenant has tombstones."""
+        self.changes_key = changes_key or key_prefix + DEFAULT_CHANGES_NAME
         self.round_trips = 0
         self._link_script = client.register_script(LINK_LUA)
 
@@ -161,9 +170,13 @@ class Resolver:
             return LinkOutcome.PLACEHOLDER
         if previous_user_id == user_id:
             return LinkOutcome.NOOP
+        key, mac = self.key(tenant), self.tombstone_key
+        macs = (
+            ["", ""] if mac is None else [tombstone(mac, previous_user_id), tombstone(mac, user_id)]
+        )
         reply = self._link_script(
-            keys=[self.key(tenant), self.heights_key(tenant)],
-            args=[self.max_depth, previous_user_id, user_id],
+            keys=[key, self.heights_key(tenant), removals_key(key), children_key(key)],
+            args=[self.max_depth, previous_user_id, user_id, *macs],
         )
         outcome = LinkOutcome(decode_id(reply[0]))
         if outcome is LinkOutcome.APPLIED:
@@ -172,8 +185,9 @@ class Resolver:
             self.too_deep.put(tenant, previous_user_id, user_id)
         return outcome
 
-    def forget(self, tenants: Iterable[str] | None = None) -> None:
-        """Drop cached paths (all, or of some tenants): call after removing links."""
+    def drop_cache(self, tenants: Iterable[str] | None = None) -> None:
+        """Drop cached paths (all, or of some tenants): call after links were removed by
+        another process (this one's unlink and forget call it themselves)."""
         if tenants is None:
             self.cache.clear()
             self.too_deep.clear()

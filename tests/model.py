@@ -28,13 +28,23 @@ class AliasModel:
     """(tenant, previous_user_id) -> the entry id of the identify that linked it."""
     refused: dict[str, list[tuple[str, str, str, str]]] = field(default_factory=dict)
     """Per tenant, (source_id, outcome, previous_user_id, user_id) of refusals, in order."""
+    blocked: set[tuple[str, str, str]] = field(default_factory=set)
+    """(tenant, previous_user_id, user_id) unlinked with block: never linked again."""
+    erased: set[tuple[str, str]] = field(default_factory=set)
+    """(tenant, id) of forgotten ids (the tombstones)."""
 
     def link(self, tenant: str, prev: str, user: str, source: str = "") -> str:
         """Apply identify(prev -> user) in stream order; returns (and counts) the outcome."""
         links = self.links.setdefault(tenant, {})
         if self.is_placeholder(prev) or self.is_placeholder(user):
             outcome = "placeholder"
-        elif prev == user or links.get(prev) == user:
+        elif prev == user:
+            outcome = "noop"
+        elif (tenant, prev) in self.erased or (tenant, user) in self.erased:
+            outcome = "forgotten"
+        elif (tenant, prev, user) in self.blocked:
+            outcome = "blocked"
+        elif links.get(prev) == user:
             outcome = "noop"
         elif prev in links:
             outcome = "conflict"
@@ -47,9 +57,50 @@ class AliasModel:
             outcome = "applied"
             self.sources[tenant, prev] = source
         self.outcomes[outcome] += 1
-        if outcome not in ("applied", "noop"):
+        if outcome not in ("applied", "noop", "forgotten"):
             self.refused.setdefault(tenant, []).append((source, outcome, prev, user))
         return outcome
+
+    def subtree(self, tenant: str, uid: str) -> set[str]:
+        """uid and every id whose chain passes through it."""
+        return {
+            start for start in self.links.get(tenant, {}) if uid in self.path(tenant, start)
+        } | {uid}
+
+    def unlink(self, tenant: str, prev: str, block: bool = False) -> set[str]:
+        """Remove prev's link; returns the ids whose resolution changed (none: no link)."""
+        links = self.links.get(tenant, {})
+        if prev not in links:
+            return set()
+        before = {uid: self.resolve(tenant, uid) for uid in self.subtree(tenant, prev)}
+        target = links.pop(prev)
+        self.sources.pop((tenant, prev), None)
+        if block:
+            self.blocked.add((tenant, prev, target))
+        return {uid for uid, root in before.items() if self.resolve(tenant, uid) != root}
+
+    def component(self, tenant: str, uid: str) -> set[str]:
+        """Every id that resolves where uid does, uid included (uid alone: no link)."""
+        links = self.links.get(tenant, {})
+        root = self.resolve(tenant, uid)
+        ids = set(links) | set(links.values()) | {uid}
+        return {other for other in ids if self.resolve(tenant, other) == root}
+
+    def forget(self, tenant: str, uid: str) -> set[str]:
+        """Erase uid's component (links, sources, refusals naming it); returns it, or the
+        empty set when uid has no link either way."""
+        members = self.component(tenant, uid)
+        if len(members) == 1:
+            return set()
+        links = self.links.get(tenant, {})
+        for member in members:
+            links.pop(member, None)
+            self.sources.pop((tenant, member), None)
+            self.erased.add((tenant, member))
+        self.refused[tenant] = [
+            r for r in self.refused.get(tenant, []) if r[2] not in members and r[3] not in members
+        ]
+        return members
 
     def path(self, tenant: str, uid: str) -> list[str]:
         """uid and every id after it, up to the end or the first id seen twice."""

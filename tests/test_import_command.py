@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 
+from resolver import LinkOutcome, Resolver
 from resolver.feed import fold, read_changes
 from resolver.provenance import parse_provenance
 from tests.conftest import ROOT
@@ -26,6 +27,8 @@ from tests.redis_proc import RedisServer
 from tests.test_cli import cli
 from worker import ops
 from worker.ops import transfer
+from worker.ops.import_rows import Row
+from worker.ops.importing import Importer
 
 pytestmark = pytest.mark.redis_server
 
@@ -228,3 +231,31 @@ def test_import_command_line(redis_server: RedisServer, real_redis: redis.Redis)
     assert (missing.returncode, missing.stderr) == (2, "lehnz-stitch: nope.csv: no such file\n")
     bad = cli("import", "--tenant", "a:b", "README.md", env=url)
     assert bad.returncode == 2 and "--tenant 'a:b'" in bad.stderr
+
+
+def test_import_respects_blocks_and_tombstones(
+    redis_server: RedisServer, real_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """A link blocked by unlink --block and the ids of a forgotten person are refused to an
+    import exactly as to the worker (outcomes blocked and forgotten); an import into a tenant
+    with tombstones but without STITCH_TOMBSTONE_KEY is refused before it writes anything."""
+    c = real_redis
+    library = Resolver(c, tombstone_key=b"k")
+    assert library.link("acme", "a1", "c1") is LinkOutcome.APPLIED
+    assert library.link("acme", "gone-1", "gone-2") is LinkOutcome.APPLIED
+    library.unlink("acme", "a1", block=True)
+    library.forget("acme", "gone-2")
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a1,c1\ngone-1,fresh\na2,c1\n")
+    keyed = admin(redis_server, tombstone_key="k")
+    importer = Importer(c, keyed, "acme", "t", dry_run=False)
+    importer.start(keyed.max_chain_depth)
+    asked = [("a1", "c1"), ("gone-1", "x"), ("a2", "c1")]
+    [outcomes] = importer.apply([[Row(n, p, u, None) for n, (p, u) in enumerate(asked, 1)]])
+    assert outcomes == ["blocked", "forgotten", "applied"]
+    assert links(c, "acme") == {"a2": "c1"}
+    unkeyed = Importer(c, admin(redis_server), "acme", "t", dry_run=False)
+    unkeyed.start(keyed.max_chain_depth)
+    with pytest.raises(redis.ResponseError, match="STITCH_TOMBSTONE_KEY"):
+        unkeyed.apply([[Row(1, "a3", "c1", None)]])
+    assert links(c, "acme") == {"a2": "c1"}

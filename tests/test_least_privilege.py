@@ -65,6 +65,7 @@ def seed(c: redis.Redis) -> dict[str, str]:
     ids["chained"] = add(c, "acme", identify("cust-1", "anon-9"))  # anon-9 loses its height
     ids["old"] = add(c, "acme", event("old-anon"))
     c.xgroup_createconsumer(INPUT, GROUP, "idle")
+    c.hset("alias:acme:removals", "", 1)  # an unlink happened: identifies check for blocks
     return ids
 
 

@@ -82,7 +82,7 @@ def resp_args(packed: bytes) -> list[bytes]:
     return args
 
 
-EXTRA = {b"e": 2, b"d": 2, b"a": 0, b"r": 2, b"l": 4, b"L": 4, b"p": 3, b"P": 3}
+EXTRA = {b"e": 2, b"d": 2, b"a": 0, b"r": 2, b"l": 6, b"L": 6, b"p": 3, b"P": 3, b"E": 4, b"R": 3}
 """Action arguments after the entry's fields, as commit.lua reads them."""
 
 
@@ -96,6 +96,7 @@ class Action(NamedTuple):
 class Commit(NamedTuple):
     keys: list[bytes]
     fixed_args: list[bytes]
+    generations: list[bytes]
     verify: dict[int, set[bytes]]
     actions: list[Action]
 
@@ -107,8 +108,9 @@ def decode(plan: Plan) -> Commit:
     n_keys = int(args[2])
     assert n_keys == FIXED_KEYS + KEYS_PER_TENANT * len(plan.tenants)
     keys, argv = args[3 : 3 + n_keys], args[3 + n_keys :]
-    fixed, n_verify, n_entries = argv[:8], int(argv[8]), int(argv[9])
-    i = 10
+    fixed, n_verify, n_entries = argv[:9], int(argv[9]), int(argv[10])
+    generations = argv[11 : 11 + len(plan.tenants)]
+    i = 11 + len(plan.tenants)
     verify: dict[int, set[bytes]] = {}
     for _ in range(n_verify):
         index, count = int(argv[i]), int(argv[i + 1])
@@ -124,7 +126,7 @@ def decode(plan: Plan) -> Commit:
         actions.append(Action(entry_id, action, fields, extra))
         i += 3 + n + EXTRA[action]
     assert i == len(argv), "nothing after the last entry"
-    return Commit(keys, fixed, verify, actions)
+    return Commit(keys, fixed, generations, verify, actions)
 
 
 def summary(plan: Plan) -> list[tuple[str, ...]]:
@@ -137,6 +139,9 @@ def summary(plan: Plan) -> list[tuple[str, ...]]:
             args[tenant_at] = plan.tenants[int(args[tenant_at]) - 1]
         elif action.action in (b"l", b"L", b"p", b"P"):
             args[0] = plan.tenants[int(args[0]) - 1]
+            if action.action in (b"l", b"L"):
+                assert args[4:] == ["", ""], "no tombstone HMACs for a tenant without any"
+                args = args[:4]
         out.append((action.action.decode(), *args))
     return out
 
@@ -343,9 +348,11 @@ def test_invalid_and_gone_entries() -> None:
 
 
 def test_packed_layout() -> None:
-    """KEYS are the four streams then each tenant's alias, heights, provenance and refusal
-    keys in first-seen order; ARGV opens with group, maxlens, depth, the feed's and refusal
-    logs' maxlens, consumer and alias prefix, then the verify and entry counts."""
+    """KEYS are the four streams then each tenant's alias, heights, provenance, refusal,
+    removals and children keys in first-seen order; ARGV opens with group, maxlens, depth,
+    the feed's and refusal logs' maxlens, consumer, alias prefix and what to do with forgotten
+    events, then the verify and entry counts, then each tenant's generation ("0" until the
+    script reports another)."""
     s: Settings = settings(max_chain_depth=9)
     batch = numbered([ev("x", "b"), ev("y", "a"), ev("z", "b")])
     plan = make_planner({"b": {"x": "x"}}, max_chain_depth=9).plan(batch)
@@ -354,7 +361,9 @@ def test_packed_layout() -> None:
     assert commit.keys == [
         *(b"events", b"events:enriched", b"events:dead", b"alias:changes"),
         *(b"alias:b", b"alias:b:heights", b"alias:b:provenance", b"alias:b:refusals"),
+        *(b"alias:b:removals", b"alias:b:children"),
         *(b"alias:a", b"alias:a:heights", b"alias:a:provenance", b"alias:a:refusals"),
+        *(b"alias:a:removals", b"alias:a:children"),
     ]
     assert commit.fixed_args == [
         s.group.encode(),
@@ -365,7 +374,9 @@ def test_packed_layout() -> None:
         b"100000",
         s.consumer.encode(),
         b"alias:",
+        b"drop",
     ]
+    assert commit.generations == [b"0", b"0"]
     assert commit.verify == {1: {b"x"}}
     assert summary(plan) == [("e", "x", "b"), ("r", "a", "y"), ("r", "b", "z")]
 

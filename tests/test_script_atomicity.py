@@ -24,8 +24,10 @@ pytestmark = pytest.mark.redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITES = {"HSET", "HDEL", "DEL", "SET", "XACK", "XADD", "XTRIM", "XDEL", "XGROUP", "XCLAIM"}
+WRITES |= {"ZADD", "ZREM", "HINCRBY"}
 ALIAS = "alias:acme"
 CHANGES, PROVENANCE, REFUSALS = "alias:changes", ALIAS + ":provenance", ALIAS + ":refusals"
+REMOVALS, CHILDREN = ALIAS + ":removals", ALIAS + ":children"
 LAST_ID = "18446744073709551615-18446744073709551615"
 Batch = dict[str, Any]
 
@@ -47,19 +49,20 @@ def _batch(client: redis.Redis) -> Batch:
     client.xreadgroup("stitch", "c1", {INPUT: ">"})
     payload = ["tenant", "acme", "event", "e"]
     entries = [
-        [ids[0], "l", 0, 1, "anon", "real", "?"],
+        [ids[0], "l", 0, 1, "anon", "real", "?", "", ""],
         [ids[1], "r", len(payload), *payload, 1, "anon"],
         [ids[2], "d", len(payload), *payload, "event_not_json: x", "event_not_json"],
         [ids[3], "p", 0, 1, "null", "real"],
     ]
     keys = [INPUT, OUTPUT, DEAD, CHANGES, ALIAS, ALIAS + ":heights", PROVENANCE, REFUSALS]
-    fixed = ["stitch", 100, 100, 32, 100, 100, "c1", "alias:"]
+    keys += [REMOVALS, CHILDREN]
+    fixed = ["stitch", 100, 100, 32, 100, 100, "c1", "alias:", "drop"]
     return {"keys": keys, "fixed": fixed, "entries": entries}
 
 
 def _run(client: redis.Redis, batch: Batch) -> Any:
     entries = [value for entry in batch["entries"] for value in entry]
-    args = [*batch["fixed"], 0, len(batch["entries"]), *entries]
+    args = [*batch["fixed"], 0, len(batch["entries"]), "0", *entries]
     return client.register_script(COMMIT_LUA)(keys=batch["keys"], args=args)
 
 
@@ -122,6 +125,14 @@ def _provenance_not_hash(client: redis.Redis, batch: Batch) -> None:  # HSET pro
     client.xadd(PROVENANCE, {"a": "b"})
 
 
+def _children_not_zset(client: redis.Redis, batch: Batch) -> None:  # ZADD children index
+    client.hset(CHILDREN, "a", "b")
+
+
+def _removals_not_hash(client: redis.Redis, batch: Batch) -> None:  # HMGET generation
+    client.set(REMOVALS, "x")
+
+
 def _bad_changes_maxlen(client: redis.Redis, batch: Batch) -> None:  # XTRIM feed
     batch["fixed"][4] = "1e6"
 
@@ -158,6 +169,8 @@ FAULTS: list[tuple[str, Callable[[redis.Redis, Batch], None], str]] = [
     ("XADD", _refusals_not_stream, "WRONGTYPE alias:acme:refusals holds a hash"),
     ("XADD", _refusals_out_of_ids, "alias:acme:refusals has handed out the last possible id"),
     ("HSET", _provenance_not_hash, "WRONGTYPE alias:acme:provenance holds a stream"),
+    ("ZADD", _children_not_zset, "WRONGTYPE alias:acme:children holds a hash"),
+    ("HSET", _removals_not_hash, "WRONGTYPE"),
     ("XTRIM", _bad_changes_maxlen, "maxlen arguments must be digits"),
     ("XTRIM", _bad_refusals_maxlen, "maxlen arguments must be digits"),
     ("HSET", _alias_not_hash, "WRONGTYPE"),
@@ -192,6 +205,7 @@ def test_the_same_batch_commits_whole_without_the_fault(real_redis: redis.Redis)
     reply = _run(real_redis, batch)
     assert reply[:3] == [1, 1, 1]
     assert real_redis.hgetall(ALIAS) == {b"anon": b"real"}
+    assert real_redis.zrange(CHILDREN, 0, -1) == [b"4:realanon"]
     source, ms, consumer = real_redis.hget(PROVENANCE, "anon").decode().split(" ")
     assert (source, consumer) == (batch["entries"][0][0], "c1") and int(ms) > 0
     [(_, change)] = real_redis.xrange(CHANGES)
@@ -224,18 +238,21 @@ def test_single_write_scripts_write_last() -> None:
     assert "\nlocal function" not in LINK_RULES_LUA[writer + 1 :]
 
 
+LINK_ARGS = [32, "anon", "real", "", ""]
+
+
 def test_link_script_fails_at_its_read_or_its_only_write(real_redis: redis.Redis) -> None:
     """A wrong-type alias key fails at HGET and OOM at the HSET: either way nothing written."""
     link = real_redis.register_script(LINK_RULES_LUA + (ROOT / "resolver/lua/link.lua").read_text())
     real_redis.set(ALIAS, "x")
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-        link(keys=[ALIAS, ALIAS + ":heights"], args=[32, "anon", "real"])
+        link(keys=[ALIAS, ALIAS + ":heights", REMOVALS, CHILDREN], args=LINK_ARGS)
     real_redis.delete(ALIAS)
     real_redis.config_set("maxmemory-policy", "noeviction")
     real_redis.config_set("maxmemory", 1)
     try:
         with pytest.raises(redis.ResponseError, match=r"OOM|used memory"):
-            link(keys=[ALIAS, ALIAS + ":heights"], args=[32, "anon", "real"])
+            link(keys=[ALIAS, ALIAS + ":heights", REMOVALS, CHILDREN], args=LINK_ARGS)
     finally:
         real_redis.config_set("maxmemory", 0)
     assert real_redis.exists(ALIAS) == 0

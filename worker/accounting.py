@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Accountant"]
 
-REFUSED = (LinkOutcome.CONFLICT, LinkOutcome.CYCLE, LinkOutcome.TOO_DEEP)
+REFUSED = (LinkOutcome.CONFLICT, LinkOutcome.CYCLE, LinkOutcome.TOO_DEEP, LinkOutcome.BLOCKED)
 LOGGED = (*REFUSED, LinkOutcome.PLACEHOLDER)
 """Outcomes commit.lua writes to the tenant's refusal log (when the entry's XACK returns 1)."""
 
@@ -55,6 +55,8 @@ class Accountant:
         self.count("read", len(entries), m.entries_read)
         self.count("emitted", result.emitted, m.events_emitted)
         self.count("duplicates", len(result.duplicates), m.duplicates)
+        dropped = set(result.dropped).difference(result.duplicates)
+        self.count("forgotten_dropped", len(dropped), m.forgotten_events)
         skip = {entries[i].id for i in result.duplicates}
         now_ms = time.time() * 1000
         delays = []

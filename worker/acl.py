@@ -64,6 +64,9 @@ WORKER_COMMANDS = (
     "+hget",
     "+hmget",
     "+hset",
+    # each link's entry in the children index beside its map; blocks and tombstones (issue 11)
+    "+zadd",
+    "+hexists",
     "+scan",
     "+hscan",
     "+hlen",
@@ -94,13 +97,17 @@ ADMIN_COMMANDS = (
     # the alias map: list, read whole, unlink, erase
     "+hgetall",
     "+hkeys",
-    "+hexists",
     "+hdel",
     "+del",
     "+unlink",
     "+exists",
     # import --dry-run stages its decisions in scratch hashes that expire if it is killed
     "+pexpire",
+    # unlink and forget (issue 11): the children index, the generation and tombstone counts
+    "+zrangebylex",
+    "+zcard",
+    "+zrem",
+    "+hincrby",
 )
 """What operators and the governance commands need on top of the worker's rights."""
 

@@ -26,6 +26,7 @@ from .deadletters import DeadLetter
 from .errors import BadArgumentError, ConfigError, RedisUnavailableError
 from .explaining import explain as explain_id
 from .logs import configure_logging, get_logger
+from .ops import removal
 
 __all__ = ["build_parser", "dead_letters", "main", "settings_from"]
 
@@ -54,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the real worker on an embedded Redis and a sample")
     demo.add_argument("--sample", help="JSON-lines sample to feed (default: the shipped one)")
     acl = commands.add_parser("acl", help="print the ACL SETUSER lines for the configured keys")
-    operators = [*_operator_commands(commands), *ops.transfer_commands(commands)]
+    operators = [
+        *_operator_commands(commands),
+        *ops.transfer_commands(commands),
+        *_removal_commands(commands),
+    ]
     for sub in (run, resolve, explain, demo, acl, *operators):
         _add_setting_flags(sub)
     return parser
@@ -128,6 +133,27 @@ def _operator_commands(commands: Any) -> list[argparse.ArgumentParser]:
         own = " ".join(sub.format_usage().removeprefix("usage: ").split())
         sub.usage = own + " [--SETTING VALUE ...]"
     return leaves
+
+
+def _removal_commands(commands: Any) -> list[argparse.ArgumentParser]:
+    """``unlink`` and ``forget`` (README: Correcting and erasing identities)."""
+    unlink = commands.add_parser(
+        "unlink", help="remove PREV's outgoing link (a wrong merge); --block: for good"
+    )
+    unlink.add_argument("id", metavar="PREV")
+    unlink.add_argument("--block", action="store_true", help="never make this link again")
+    forget = commands.add_parser(
+        "forget", help="erase ID's person: its whole component, with tombstones (GDPR)"
+    )
+    forget.add_argument("id", metavar="ID")
+    for sub in (unlink, forget):
+        sub.add_argument("--tenant", required=True)
+        sub.add_argument(
+            "--dry-run", action="store_true", help="print what changes, change nothing"
+        )
+        sub.add_argument("--reason", default="", help="recorded in the change feed")
+        sub.add_argument("--json", action="store_true", help="one JSON object, for tools")
+    return [unlink, forget]
 
 
 def _action(actions: Any, name: str, help: str) -> argparse.ArgumentParser:
@@ -219,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ops.import_links(
                 settings, tenant=args.tenant, path=args.file, fmt=args.format, dry_run=args.dry_run
             )
+        if args.command in ("unlink", "forget"):
+            return _removal(settings, args)
         from .demo import run_demo  # imports fakeredis lazily: only the demo needs it
 
         return run_demo(settings, args.sample)
@@ -241,6 +269,13 @@ def dead_letters(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "redrive":
         return ops.redrive(settings, code=args.code, tenant=args.tenant, dry_run=args.dry_run)
     return ops.purge(settings, before=args.before, code=args.code, dry_run=args.dry_run)
+
+
+def _removal(settings: Settings, args: argparse.Namespace) -> int:
+    how = {"reason": args.reason, "dry_run": args.dry_run, "as_json": args.json}
+    if args.command == "unlink":
+        return removal.unlink(settings, args.tenant, args.id, block=args.block, **how)
+    return removal.forget(settings, args.tenant, args.id, **how)
 
 
 def resolve(settings: Settings, tenant: str, ids: list[str], *, chain: bool) -> int:

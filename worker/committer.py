@@ -38,16 +38,23 @@ class Committed(NamedTuple):
     """Chain depth of each id the script resolved; -1 where it met a cycle."""
     learned: list[tuple[int, str, str | None]]
     """(tenant number, id, target or None) for every link the script read."""
+    dropped: list[int] = []  # noqa: RUF012 (a NamedTuple default, never mutated)
+    """0-based indexes of entries acked but not emitted: their id is forgotten
+    (STITCH_FORGOTTEN_EVENTS=drop)."""
 
 
 class Stale(NamedTuple):
-    """Link predictions the script found stale (another replica linked first); nothing
-    was written. Moved roots are not stale: the script follows them itself."""
+    """Link predictions the script found stale (another replica linked first), or a
+    tenant's generation (links were removed since the cache learned them); nothing was
+    written. Moved roots are not stale: the script follows them itself."""
 
     links: list[int]
     """0-based indexes of links whose predicted outcome was wrong."""
     too_deep: list[int] = []  # noqa: RUF012 (a NamedTuple default, never mutated)
-    """Those of ``links`` the script refused as too deep (the planner remembers them)."""
+    """Those of ``links`` the script refused for good (too deep, blocked, forgotten: the
+    planner remembers them)."""
+    generations: list[tuple[int, str, bool]] = []  # noqa: RUF012
+    """(tenant number, current generation, has tombstones) of tenants whose generation moved."""
 
 
 class Sink(Protocol):
@@ -69,12 +76,20 @@ def _learned(flat: list[Any]) -> list[tuple[int, str, str | None]]:
     return learned
 
 
+FINAL_REFUSALS = (b"too_deep", b"blocked", b"forgotten")
+
+
 def _stale(links: list[Any]) -> Stale:
     """From the script's {link ordinal, current target, outcome} triples."""
     return Stale(
         [int(link[0]) - 1 for link in links],
-        [int(link[0]) - 1 for link in links if link[2] == b"too_deep"],
+        [int(link[0]) - 1 for link in links if link[2] in FINAL_REFUSALS],
     )
+
+
+def _stale_generations(tenants: list[Any]) -> Stale:
+    """From the script's {tenant number, generation, tombstones} triples."""
+    return Stale([], [], [(int(t[0]), t[1].decode(), int(t[2]) > 0) for t in tenants])
 
 
 class Committer:
@@ -96,6 +111,8 @@ class Committer:
             reply = self._wire.request(plan.packed)
         if isinstance(reply, ResponseError):
             raise reply
+        if reply[0] == 2:
+            return _stale_generations(reply[1])
         if reply[0] != 1:
             return _stale(reply[1])
         return Committed(
@@ -105,6 +122,7 @@ class Committer:
             [LinkOutcome(o.decode()) for o in reply[4]],
             [int(d) for d in reply[5][1::2]],
             _learned(reply[6]),
+            [int(n) - 1 for n in reply[7]],
         )
 
     def commit(self, plan: Plan) -> Committed | Stale:
@@ -118,7 +136,13 @@ class Committer:
     def forget_stale(self, plan: Plan, stale: Stale) -> None:
         self._stale_commits.inc()
         self._planner.learn_stale(plan, stale)
-        self._log.info("commit found stale links, retrying", links=len(stale.links))
+        if stale.generations:
+            self._log.info(
+                "links were removed: dropping the tenants' cache, retrying",
+                tenants=len(stale.generations),
+            )
+        else:
+            self._log.info("commit found stale links, retrying", links=len(stale.links))
 
     def commit_now(self, entries: list[Entry], started: float | None = None) -> bool:
         """Plan and commit, again while stale; False if the batch was left pending.

@@ -79,6 +79,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Empty: the alias prefix + ``changes`` (``alias:changes``), same hash tag as the maps."""
     changes_maxlen: NonNegativeInt = 10_000_000
     refusals_maxlen: NonNegativeInt = 100_000
+    tombstone_key: str = ""
+    """The secret tombstones are keyed with (HMAC-SHA256): needed by ``forget``, and by the
+    worker once any tenant has tombstones."""
+    forgotten_events: Literal["drop", "pass"] = "drop"
     claim_idle_ms: PositiveInt = 60_000
     claim_interval_ms: PositiveInt = 5_000
     max_deliveries: PositiveInt = 5
@@ -157,7 +161,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for name in cls.__struct_fields__:
             value = env.get(env_name(name))
             if value is not None and value != "":
-                raw[name] = value.lower() if name in ("log_level", "log_format") else value
+                lowered = name in ("log_level", "log_format", "forgotten_events")
+                raw[name] = value.lower() if lowered else value
         raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
         try:
             return msgspec.convert(raw, cls, strict=False)

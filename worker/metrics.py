@@ -23,10 +23,11 @@ from .deadletters import DeadLetter
 __all__ = ["DEAD_LETTER_REASONS", "IDENTIFY_OUTCOMES", "GroupStats", "Metrics", "observe_many"]
 
 IDENTIFY_OUTCOMES = tuple(outcome.value for outcome in LinkOutcome)
-REFUSAL_OUTCOMES = tuple(
-    o.value for o in LinkOutcome if o not in (LinkOutcome.APPLIED, LinkOutcome.NOOP)
-)
-CHANGE_OPS = tuple(op.value for op in ChangeOp)
+NOT_LOGGED = (LinkOutcome.APPLIED, LinkOutcome.NOOP, LinkOutcome.FORGOTTEN)
+"""A forgotten identify is not logged: the log would keep the erased ids."""
+REFUSAL_OUTCOMES = tuple(o.value for o in LinkOutcome if o not in NOT_LOGGED)
+CHANGE_OPS = (ChangeOp.LINK.value,)
+"""The worker writes links only; unlink, block and forget come from the operator commands."""
 DEAD_LETTER_REASONS = tuple(code.value for code in DeadLetter)
 LATENCY_BUCKETS = (
     0.0005,
@@ -132,6 +133,12 @@ class Metrics:
             "stitch_refusals",
             "Refused identifies written to their tenant's refusal log, by outcome.",
             ["outcome"],
+            registry=r,
+        )
+        self.forgotten_events = Counter(
+            "stitch_forgotten_events",
+            "Entries acked but not emitted because their user_id is forgotten "
+            "(STITCH_FORGOTTEN_EVENTS=drop).",
             registry=r,
         )
         self.reclaimed = Counter(

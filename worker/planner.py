@@ -2,8 +2,9 @@
 
 Stream order for one replica: an identify applies to every later event, including later
 events of the same batch. The planner predicts each link's outcome from the cache (whose
-hops are immutable facts) plus an overlay of the batch's own earlier links, and lists every
-root it relied on; the commit script re-checks those roots and predictions atomically and
+hops are facts while the tenant's generation holds: only unlink and forget remove links, and
+they bump it; see generations.py) plus an overlay of the batch's own earlier links, and lists
+every root it relied on; the commit script re-checks those roots and predictions atomically and
 refuses the whole batch if any is stale, so a cache can never emit a stale resolution.
 """
 
@@ -17,8 +18,10 @@ from resolver import UNRESOLVED, AliasCache, End, walk
 from resolver.heights import heights_key
 from resolver.links import LinkOutcome, LinkRules
 from resolver.provenance import provenance_key, refusals_key
+from resolver.removals import children_key, removals_key
 from resolver.resolver import REFUSAL_MEMORY
 
+from .generations import NEVER_REMOVED, Generations
 from .parser import Entry, Kind
 from .scripts import CommitCommand
 
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["Plan", "Planner"]
 
 EMIT, RESOLVE, DEAD, ACK = b"e", b"r", b"d", b"a"
+EMIT_GUARDED, RESOLVE_GUARDED = b"E", b"R"
 LINK, LINK_EMIT = b"l", b"L"
 PLACEHOLDER, PLACEHOLDER_EMIT = b"p", b"P"
 APPLIES, REFUSED, UNKNOWN = b"1", b"0", b"?"
@@ -89,7 +93,7 @@ class _Draft:
 
     def tenant_number(self, tenant: str, key_prefix: str) -> int:
         """The tenant's ordinal in the commit: its alias hash, heights hash, provenance hash
-        and refusal log are the KEYS_PER_TENANT keys at
+        refusal log, removals hash and children index are the KEYS_PER_TENANT keys at
         KEYS[FIXED_KEYS + KEYS_PER_TENANT * (n - 1) + 1..]."""
         number = self.tenants.get(tenant)
         if number is None:
@@ -100,6 +104,8 @@ class _Draft:
                     heights_key(alias_key),
                     provenance_key(alias_key),
                     refusals_key(alias_key),
+                    removals_key(alias_key),
+                    children_key(alias_key),
                 )
             )
             number = self.tenants[tenant] = len(self.tenants) + 1
@@ -109,11 +115,20 @@ class _Draft:
         self.overlay.setdefault(tenant, {})[prev] = target
         self.own_links.setdefault(tenant, {})[prev] = target
 
-    def seal(self, command: CommitCommand, key_prefix: str, n_entries: int) -> Plan:
+    def seal(
+        self,
+        command: CommitCommand,
+        key_prefix: str,
+        n_entries: int,
+        generations: Mapping[str, str],
+    ) -> Plan:
         verify: list[Any] = []
         for tenant, roots in self.roots.items():
             verify.extend((self.tenant_number(tenant, key_prefix), len(roots), *roots))
-        packed = command.pack(self.alias_keys, len(self.roots), n_entries, verify, self.entries)
+        gens = [generations.get(tenant, NEVER_REMOVED) for tenant in self.tenants]
+        packed = command.pack(
+            self.alias_keys, len(self.roots), n_entries, gens, verify, self.entries
+        )
         return Plan(
             packed,
             tuple(self.tenants),
@@ -134,7 +149,8 @@ class Planner:
     it read so the cache learns it (:meth:`learn`): every batch costs one round trip.
     """
 
-    __slots__ = ("cache", "command", "forward_identify", "key_prefix", "rules", "too_deep")
+    __slots__ = ("cache", "command", "forward_identify", "generations", "key_prefix", "rules",
+                 "too_deep")  # fmt: skip
 
     def __init__(
         self,
@@ -144,8 +160,10 @@ class Planner:
         *,
         key_prefix: str,
         forward_identify: bool,
+        tombstone_key: bytes | None = None,
     ) -> None:
         self.cache = cache
+        self.generations = Generations(tombstone_key)  # what each tenant's cache was built under
         self.too_deep = AliasCache(REFUSAL_MEMORY)
         """prev -> user of links refused as too deep: final (heights only grow while prev
         stays a root), so the next plan predicts the refusal instead of going stale again."""
@@ -174,7 +192,7 @@ class Planner:
                 )
             else:
                 draft.entries.extend((entry.id, ACK, 0))
-        return draft.seal(self.command, self.key_prefix, len(entries))
+        return draft.seal(self.command, self.key_prefix, len(entries), self.generations.current)
 
     def learn(self, plan: Plan, result: Committed) -> None:
         """After ``plan`` committed: cache what its script read and the links it applied."""
@@ -186,8 +204,14 @@ class Planner:
                 cache.put(tenant, prev, user)
 
     def learn_stale(self, plan: Plan, stale: Stale) -> None:
-        """After a stale verdict: remember links refused as too deep (the cache was right,
-        only heights it cannot see were not), forget the tenants of the others."""
+        """After a stale verdict: adopt the current generations (dropping those tenants'
+        caches), remember final refusals (too deep, blocked, forgotten: the cache was right,
+        only what it cannot see was not), forget the tenants of the other links."""
+        for number, generation, has_tombstones in stale.generations:
+            tenant = plan.tenants[number - 1]
+            self.generations.adopt(tenant, generation, has_tombstones)
+            self.forget([tenant])
+            self.too_deep.forget_tenant(tenant)  # an unlink can make a chain shorter
         deep = set(stale.too_deep)
         self.forget({plan.links[n][0] for n in stale.links if n not in deep})
         for n in deep:
@@ -203,9 +227,12 @@ class Planner:
             self.cache.forget_tenant(tenant)
 
     def _event(self, draft: _Draft, entry: Entry) -> None:
-        root = self._resolve(draft, entry.tenant, entry.user_id)
+        root = self._resolve(draft, entry.tenant, uid := entry.user_id)
         index = draft.tenant_number(entry.tenant, self.key_prefix)
         fields = entry.fields or ()
+        if entry.tenant in self.generations.tombstoned:  # the script drops or passes them
+            _guarded_event(draft, entry, root, index, self.generations.mac(entry.tenant, uid))
+            return
         if root is None:
             draft.entries.extend((entry.id, RESOLVE, len(fields), *fields, index, entry.user_id))
             return
@@ -269,12 +296,26 @@ class Planner:
             expect = APPLIES
             draft.assume(tenant, prev, user)
         index = draft.tenant_number(tenant, self.key_prefix)
+        macs = (self.generations.mac(tenant, prev), self.generations.mac(tenant, user))
         if self.forward_identify:
             fields = entry.fields or ()
             draft.entries.extend(
-                (entry.id, LINK_EMIT, len(fields), *fields, index, prev, user, expect)
+                (entry.id, LINK_EMIT, len(fields), *fields, index, prev, user, expect, *macs)
             )
         else:
-            draft.entries.extend((entry.id, LINK, 0, index, prev, user, expect))
+            draft.entries.extend((entry.id, LINK, 0, index, prev, user, expect, *macs))
         draft.links.append((tenant, prev, user))
         draft.link_entries.append(position)
+
+
+def _guarded_event(draft: _Draft, entry: Entry, root: str | None, index: int, mac: str) -> None:
+    """An event of a tenant with tombstones: its user_id's HMAC goes along (see commit.lua)."""
+    fields = entry.fields or ()
+    if root is None:
+        draft.entries.extend(
+            (entry.id, RESOLVE_GUARDED, len(fields), *fields, index, entry.user_id, mac)
+        )
+    else:
+        draft.entries.extend(
+            (entry.id, EMIT_GUARDED, len(fields), *fields, root, index, entry.user_id, mac)
+        )

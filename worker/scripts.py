@@ -30,9 +30,10 @@ FIXED_KEYS = 4
 KEYS_PER_TENANT keys per tenant of the batch follow, addressed by the tenant's ordinal n (see
 commit.lua)."""
 
-KEYS_PER_TENANT = 4
+KEYS_PER_TENANT = 6
 """A tenant's alias hash, its heights hash (resolver/heights.py), its provenance hash and its
-refusal log (resolver/provenance.py)."""
+refusal log (resolver/provenance.py), its removals hash and children index
+(resolver/removals.py)."""
 
 COMMIT_LUA = (
     f"local FIXED_KEYS, KEYS_PER_TENANT = {FIXED_KEYS}, {KEYS_PER_TENANT}\n"
@@ -69,6 +70,7 @@ class CommitCommand:
             settings.refusals_maxlen,
             settings.consumer,
             settings.alias_prefix,
+            settings.forgotten_events,
         )
 
     def pack(
@@ -76,6 +78,7 @@ class CommitCommand:
         alias_keys: Sequence[str],
         n_verify: int,
         n_entries: int,
+        generations: Sequence[str],
         verify: Sequence[Any],
         entries: Sequence[Any],
     ) -> bytes:
@@ -83,5 +86,5 @@ class CommitCommand:
         n_keys = FIXED_KEYS + len(alias_keys)  # KEYS_PER_TENANT per tenant
         return pack(
             ("EVALSHA", self.sha, n_keys, *self._fixed_keys, *alias_keys, *self._fixed_args,
-             n_verify, n_entries, *verify, *entries)
+             n_verify, n_entries, *generations, *verify, *entries)
         )  # fmt: skip

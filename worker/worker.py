@@ -65,6 +65,7 @@ class Worker:
             CommitCommand(settings),
             key_prefix=settings.alias_prefix,
             forward_identify=settings.forward_identify,
+            tombstone_key=settings.tombstone_key.encode() or None,
         )
         self.accounts = Accountant(metrics, self.health, self.cache, log)
         self.committer = Committer(

@@ -1,10 +1,26 @@
--- KEYS[1] alias hash, KEYS[2] its heights hash; ARGV: max_depth, previous_user_id, user_id
+-- KEYS[1] alias hash, KEYS[2] its heights hash, KEYS[3] its removals hash, KEYS[4] its
+-- children index; ARGV: max_depth, previous_user_id, user_id, then the tombstone HMACs of
+-- both ids ('' when the caller has no STITCH_TOMBSTONE_KEY).
 -- Atomically applies one link under the forest rules; returns {outcome, current_target}.
+-- Everything that can fail (a key of the wrong type, a missing tombstone key) fails before
+-- the first write.
+local meta = redis.call('HMGET', KEYS[3], '', '#')
+if tonumber(meta[2] or '0') > 0 and (ARGV[4] == '' or ARGV[5] == '') then
+  return redis.error_reply('ERR ' .. KEYS[1] .. ' has tombstones: linking needs ' ..
+                           'STITCH_TOMBSTONE_KEY to check them')
+end
+local rkey = nil
+if (meta[1] or '0') ~= '0' then rkey = KEYS[3] end
 local pending = {}
 local outcome, current, root, height, prev_height =
-  decide_link(KEYS[1], KEYS[2], ARGV[2], ARGV[3], tonumber(ARGV[1]), pending)
+  decide_link(KEYS[1], KEYS[2], ARGV[2], ARGV[3], tonumber(ARGV[1]), pending, rkey, ARGV[4],
+              ARGV[5])
 if outcome == 'applied' then
-  stage_link(KEYS[1], KEYS[2], ARGV[2], ARGV[3], root, height, prev_height, pending)
+  local kind = redis.call('TYPE', KEYS[4])['ok']
+  if kind ~= 'zset' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[4] .. ' holds a ' .. kind .. ', not a zset')
+  end
+  stage_link(KEYS[1], KEYS[2], KEYS[4], ARGV[2], ARGV[3], root, height, prev_height, pending)
   write_staged(pending)
 end
 return {outcome, current or false}

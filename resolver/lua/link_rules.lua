@@ -9,6 +9,29 @@
 -- under the field '' (a placeholder, never an id) how many links it accounts for. Both are
 -- kept here, atomically with every link; resolver/heights.py measures a map whose link
 -- count does not match (one written by another program or an older version).
+--
+-- Beside it too: the children index (alias key + ':children', a sorted set, all scores 0,
+-- one member child_member(user, prev) per link, so ZRANGEBYLEX lists an id's children) that
+-- unlink and forget walk, and the removals hash (alias key + ':removals': the generation,
+-- blocks and tombstones; see resolver/removals.py) the rules consult for tenants that ever
+-- had a removal.
+
+local function child_member(user, prev)
+  return #user .. ':' .. user .. prev
+end
+
+local function block_field(prev, user)
+  return 'b' .. #prev .. ':' .. prev .. user
+end
+
+-- 'forgotten' | 'blocked' | nil; rkey is nil for a tenant that never had a removal (no cost)
+local function removed_by(rkey, prev, user, hprev, huser)
+  if not rkey then return nil end
+  if hprev ~= '' and redis.call('HEXISTS', rkey, 't' .. hprev) == 1 then return 'forgotten' end
+  if huser ~= '' and redis.call('HEXISTS', rkey, 't' .. huser) == 1 then return 'forgotten' end
+  if redis.call('HEXISTS', rkey, block_field(prev, user)) == 1 then return 'blocked' end
+  return nil
+end
 
 local function link_target(key, id, pending)
   local staged = pending[key]
@@ -30,11 +53,13 @@ local function height_of(hkey, root, pending)
   return tonumber(redis.call('HGET', hkey, root)) or 0
 end
 
--- Returns 'applied' | 'noop' | 'conflict' | 'cycle' | 'too_deep', then the existing target
--- on conflict; on 'applied' also user's root, the root's new height (false: unchanged) and
--- prev's height.
-local function decide_link(key, hkey, prev, user, max_depth, pending)
+-- Returns 'applied' | 'noop' | 'forgotten' | 'blocked' | 'conflict' | 'cycle' | 'too_deep',
+-- then the existing target on conflict; on 'applied' also user's root, the root's new height
+-- (false: unchanged) and prev's height. rkey, hprev, huser: see removed_by.
+local function decide_link(key, hkey, prev, user, max_depth, pending, rkey, hprev, huser)
   if prev == user then return 'noop' end
+  local removed = removed_by(rkey, prev, user, hprev, huser)
+  if removed then return removed end
   local current = link_target(key, prev, pending)
   if current then
     if current == user then return 'noop' end
@@ -62,7 +87,8 @@ local function decide_link(key, hkey, prev, user, max_depth, pending)
   return 'applied', nil, node, height, prev_height
 end
 
-local COUNTS = {}  -- a table as key: no key name can collide with it
+local COUNTS = {}  -- tables as keys: no key name can collide with them
+local CHILDREN = {}
 
 local function stage(pending, key, field, value)
   local staged = pending[key]
@@ -73,8 +99,15 @@ local function stage(pending, key, field, value)
   staged[field] = value
 end
 
-local function stage_link(key, hkey, prev, user, root, height, prev_height, pending)
+local function stage_link(key, hkey, ckey, prev, user, root, height, prev_height, pending)
   stage(pending, key, prev, user)
+  local children = pending[CHILDREN]
+  if not children then
+    children = {}
+    pending[CHILDREN] = children
+  end
+  children[#children + 1] = ckey
+  children[#children + 1] = child_member(user, prev)
   if height then stage(pending, hkey, root, height) end
   if prev_height > 0 then stage(pending, hkey, prev, false) end  -- no longer a root
   local counts = pending[COUNTS]
@@ -86,8 +119,8 @@ local function stage_link(key, hkey, prev, user, root, height, prev_height, pend
 end
 
 local function write_staged(pending)
-  local counts = pending[COUNTS]
-  pending[COUNTS] = nil
+  local counts, children = pending[COUNTS], pending[CHILDREN]
+  pending[COUNTS], pending[CHILDREN] = nil, nil
   for key, staged in pairs(pending) do
     for field, value in pairs(staged) do
       if value then
@@ -95,6 +128,11 @@ local function write_staged(pending)
       else
         redis.call('HDEL', key, field)
       end
+    end
+  end
+  if children then
+    for k = 1, #children, 2 do
+      redis.call('ZADD', children[k], 0, children[k + 1])
     end
   end
   if counts then

@@ -1,5 +1,8 @@
 -- Commits one batch atomically and exactly once.
 --
+-- 0. Check each tenant's generation (bumped by every unlink and forget) against the one the
+--    worker's cache was built under: a mismatch writes nothing and returns the current ones,
+--    so the worker drops that tenant's cache and plans again (removed links are never served).
 -- 1. Check every root the worker took from its cache (HMGET per alias hash); a root that
 --    another replica has linked since is followed here, not refused.
 -- 2. Walk the batch in stream order without writing: decide each identify's link under the
@@ -12,26 +15,33 @@
 --    redelivered or doubly claimed entry is never emitted or logged twice.
 --
 -- KEYS: the FIXED_KEYS streams (input, output, dead-letter, change feed), then
---   KEYS_PER_TENANT keys per tenant n: its alias hash, heights hash, provenance hash and
---   refusal log (both constants are prepended by worker/scripts.py; see alias_key below).
+--   KEYS_PER_TENANT keys per tenant n: its alias hash, heights hash, provenance hash,
+--   refusal log, removals hash and children index (both constants are prepended by
+--   worker/scripts.py; see alias_key below).
 -- ARGV: group, output maxlen, dead maxlen, max chain depth, change feed maxlen, refusal log
---   maxlen, consumer, alias key prefix, n_verify, n_entries, then
+--   maxlen, consumer, alias key prefix, forgotten events ('drop' | 'pass'), n_verify,
+--   n_entries, then
+--   one generation per tenant n, in order ('0' for a tenant that never had a removal)
 --   n_verify groups: (tenant n, count, ids...)   roots the worker relied on
 --   n_entries x (id, action, n, the entry's n fields, action arguments):
 --     'e'  + root tenant: emit with resolved_user_id = root (followed first if it moved)
 --     'd'  + error error_code: dead-letter
 --     'r'  + tenant user: emit after resolving user here
 --     'a'  (n = 0) ack only
---     'l'  (n = 0) + tenant prev user expect: link ('1' applies, '0' not, '?' unknown)
---     'L'  + tenant prev user expect: link, then emit after resolving user here
+--     'E'  + root tenant user hmac: as 'e', unless user's tombstone HMAC is tombstoned
+--     'R'  + tenant user hmac: as 'r', the same
+--     'l'  (n = 0) + tenant prev user expect hprev huser: link ('1' applies, '0' not, '?'
+--          unknown); hprev, huser: the ids' tombstone HMACs ('' for a tenant without any)
+--     'L'  + tenant prev user expect hprev huser: link, then emit after resolving user here
 --     'p'  (n = 0) + tenant prev user: ack only, log a placeholder refusal
 --     'P'  + tenant prev user: log a placeholder refusal, emit after resolving user here
 --   The worker sends each payload back with its verdict (cheaper for Redis than re-reading
 --   it): emitted and dead-lettered entries are written straight from ARGV.
--- Returns {0, {link ordinal, current, outcome}...} when a predicted link outcome was stale,
--- else
+-- Returns {2, {tenant n, generation, tombstones}...} when a generation was stale,
+-- {0, {link ordinal, current, outcome}...} when a predicted link outcome was stale, else
 -- {1, emitted, dead_lettered, {duplicate entry ordinals}, {outcome per link},
---  {root, depth per resolved entry}, {tenant n, id, target or false per link read}}.
+--  {root, depth per resolved entry}, {tenant n, id, target or false per link read},
+--  {ordinals of entries not emitted because their id is forgotten}}.
 --
 -- Redis does not roll back a script that fails at run time: whatever it wrote stays. So
 -- every error a write could raise is ruled out before the first write (the HSETs), and a
@@ -52,8 +62,10 @@ local input, output, dead, changes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, out_maxlen, dead_maxlen = ARGV[1], ARGV[2], ARGV[3]
 local max_depth = tonumber(ARGV[4])
 local changes_maxlen, refusals_maxlen, consumer, prefix = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local n_verify, n_entries = tonumber(ARGV[9]), tonumber(ARGV[10])
-local i = 11
+local drop_forgotten = ARGV[9] == 'drop'
+local n_verify, n_entries = tonumber(ARGV[10]), tonumber(ARGV[11])
+local n_tenants = (#KEYS - FIXED_KEYS) / KEYS_PER_TENANT
+local i = 12 + n_tenants
 local CHUNK = 4000  -- stays well below Lua's unpack() limit
 local MAX_VALUES = 4000  -- 2,000 field pairs per entry; the worker's STITCH_MAX_FIELDS <= 1,000
 local LAST_ID = '18446744073709551615-18446744073709551615'
@@ -95,6 +107,31 @@ end
 local function refusals_key(n)
   return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 4]
 end
+local function removals_key(n)
+  return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 5]
+end
+local function children_key(n)
+  return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 6]
+end
+
+-- tenant n -> its removals hash, for tenants that ever had a removal (the rest pay nothing)
+local guarded, stale_generations = {}, {}
+for n = 1, n_tenants do
+  local meta = redis.call('HMGET', removals_key(n), '', '#')
+  local generation = meta[1] or '0'
+  if generation ~= ARGV[11 + n] then
+    stale_generations[#stale_generations + 1] = {n, generation, meta[2] or '0'}
+  end
+  if generation ~= '0' then guarded[tostring(n)] = removals_key(n) end
+end
+if #stale_generations > 0 then
+  return {2, stale_generations}
+end
+
+local function forgotten(index, hmac)
+  local rkey = guarded[index]
+  return rkey ~= nil and hmac ~= '' and redis.call('HEXISTS', rkey, 't' .. hmac) == 1
+end
 
 local moved = {}  -- key index -> set of roots that are linked now
 for _ = 1, n_verify do
@@ -113,9 +150,9 @@ for _ = 1, n_verify do
   i = i + 2 + count
 end
 
-local EXTRA = {e = 2, d = 2, a = 0, r = 2, l = 4, L = 4, p = 3, P = 3}
-local REFUSED = {conflict = true, cycle = true, too_deep = true}
-local pending, learned = {}, {}
+local EXTRA = {e = 2, d = 2, a = 0, r = 2, l = 6, L = 6, p = 3, P = 3, E = 4, R = 3}
+local REFUSED = {conflict = true, cycle = true, too_deep = true, blocked = true}
+local pending, learned, dropped = {}, {}, {}
 local applied = {}  -- {tenant n, prev, user, root after the link, source id} per link written
 local refusals = {}  -- entry ordinal -> {tenant n, outcome, prev, user}: logged if acked
 
@@ -164,9 +201,10 @@ for n = 1, n_entries do
     local prev, user, expect = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
     local hkey = heights_key(index)
     local outcome, current, root, height, prev_height =
-      decide_link(key, hkey, prev, user, max_depth, pending)
+      decide_link(key, hkey, prev, user, max_depth, pending, guarded[index], ARGV[a + 4],
+                  ARGV[a + 5])
     if outcome == 'applied' then
-      stage_link(key, hkey, prev, user, root, height, prev_height, pending)
+      stage_link(key, hkey, children_key(index), prev, user, root, height, prev_height, pending)
       applied[#applied + 1] = {index, prev, user, root, ARGV[i]}
     elseif REFUSED[outcome] then
       refusals[n] = {index, outcome, prev, user}
@@ -175,19 +213,30 @@ for n = 1, n_entries do
       stale_links[#stale_links + 1] = {#outcomes + 1, current or false, outcome}
     end
     outcomes[#outcomes + 1] = outcome
-    if action == 'L' then
+    if action == 'L' and outcome == 'forgotten' and drop_forgotten then
+      dropped[#dropped + 1] = n
+    elseif action == 'L' then
       local root, depth = resolve(index, key, user)
       roots[n] = root
       resolved[#resolved + 1] = root
       resolved[#resolved + 1] = depth
     end
-  elseif action == 'e' then
+  elseif (action == 'E' and forgotten(ARGV[a + 1], ARGV[a + 3]))
+      or (action == 'R' and forgotten(ARGV[a], ARGV[a + 2])) then
+    if drop_forgotten then
+      dropped[#dropped + 1] = n
+    elseif action == 'E' then  -- pass: resolved_user_id = user_id
+      roots[n] = ARGV[a + 2]
+    else
+      roots[n] = ARGV[a + 1]
+    end
+  elseif action == 'e' or action == 'E' then
     local root, index = ARGV[a], ARGV[a + 1]
     if moved[index] and moved[index][root] then
       root = resolve(index, alias_key(index), root)
     end
     roots[n] = root
-  elseif action == 'r' then
+  elseif action == 'r' or action == 'R' then
     local root, depth = resolve(ARGV[a], alias_key(ARGV[a]), ARGV[a + 1])
     roots[n] = root
     resolved[#resolved + 1] = root
@@ -214,10 +263,10 @@ local checked = {}
 local function check(key, kind)
   if checked[key] then return end
   checked[key] = true
-  if kind == 'hash' then
+  if kind ~= 'stream' then
     local found = redis.call('TYPE', key)['ok']
-    if found ~= 'hash' and found ~= 'none' then
-      return 'WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a hash'
+    if found ~= kind and found ~= 'none' then
+      return 'WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. kind
     end
     return
   end
@@ -228,7 +277,7 @@ if #applied > 0 then
   if err then return redis.error_reply(err) end
 end
 for _, link in ipairs(applied) do
-  local err = check(provenance_key(link[1]), 'hash')
+  local err = check(provenance_key(link[1]), 'hash') or check(children_key(link[1]), 'zset')
   if err then return redis.error_reply(err) end
 end
 for _, refusal in pairs(refusals) do
@@ -314,4 +363,4 @@ if refusals_maxlen ~= '0' then
   end
 end
 
-return {1, emitted, dead_lettered, duplicates, outcomes, resolved, learned}
+return {1, emitted, dead_lettered, duplicates, outcomes, resolved, learned, dropped}

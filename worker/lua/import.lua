@@ -3,12 +3,15 @@
 -- commit.lua writes them. A chunk is decided whole (row by row in file order, each row seeing
 -- the earlier rows' links), then written whole or refused whole with nothing written.
 --
--- KEYS: alias hash, its heights hash, its provenance hash, the change feed, and for a dry run
---   the two scratch hashes standing in for the alias and heights hashes (see below).
+-- KEYS: alias hash, its heights hash, its provenance hash, the change feed, its removals hash
+--   (blocks, tombstones), its children index, and for a dry run the two scratch hashes
+--   standing in for the alias and heights hashes (see below).
 -- ARGV: mode ('apply' or 'dry'), max chain depth, change feed maxlen, tenant, consumer
 --   (written into provenance), source id prefix ('import:<file sha>:'), n, then n x
---   (line, previous_user_id, user_id, applied_at_ms or '' for Redis's clock).
--- Returns the outcome of each row: 'applied' | 'noop' | 'conflict' | 'cycle' | 'too_deep'.
+--   (line, previous_user_id, user_id, applied_at_ms or '' for Redis's clock, tombstone HMAC
+--   of previous_user_id, of user_id: '' without STITCH_TOMBSTONE_KEY).
+-- Returns the outcome of each row: 'applied' | 'noop' | 'forgotten' | 'blocked' |
+-- 'conflict' | 'cycle' | 'too_deep'.
 --
 -- A dry run writes nothing to the four keys: it stages the links it would apply in the
 -- scratch hashes (expiring after an hour) and reads them before the real ones, so that a
@@ -19,6 +22,7 @@
 -- (HGET) before any write; Redis refuses only a script's first write when out of memory.
 
 local alias, heights, provenance, changes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local removals, children = KEYS[5], KEYS[6]
 local mode, max_depth, changes_maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local tenant, consumer, source_prefix, n = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
 local LAST_ID = '18446744073709551615-18446744073709551615'
@@ -27,17 +31,30 @@ local dry = mode == 'dry'
 if not string.find(changes_maxlen, '^%d+$') then
   return redis.error_reply('ERR maxlen arguments must be digits')
 end
-for _, key in ipairs({alias, heights, provenance}) do
+for _, key in ipairs({alias, heights, provenance, removals}) do
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= 'hash' and kind ~= 'none' then
     return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a hash')
   end
 end
+local children_kind = redis.call('TYPE', children)['ok']
+if children_kind ~= 'zset' and children_kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. children .. ' holds a ' .. children_kind ..
+                           ', not a zset')
+end
+-- blocks and tombstones, as the worker consults them (only for a tenant that had removals)
+local meta = redis.call('HMGET', removals, '', '#')
+local rkey = nil
+if (meta[1] or '0') ~= '0' then rkey = removals end
+if tonumber(meta[2] or '0') > 0 and n > 0 and ARGV[8 + 4] == '' then
+  return redis.error_reply('ERR ' .. alias .. ' has tombstones: importing needs ' ..
+                           'STITCH_TOMBSTONE_KEY to check them')
+end
 
 local pending = {}
 if dry then
   -- the scratch hashes answer first: raw fields (this chunk) win, then __index
-  local shadow_links, shadow_heights = KEYS[5], KEYS[6]
+  local shadow_links, shadow_heights = KEYS[7], KEYS[8]
   pending[alias] = setmetatable({}, {__index = function(_, id)
     return redis.call('HGET', shadow_links, id) or nil
   end})
@@ -51,17 +68,17 @@ local i = 8
 for r = 1, n do
   local prev, user = ARGV[i + 1], ARGV[i + 2]
   local outcome, _, root, height, prev_height =
-    decide_link(alias, heights, prev, user, max_depth, pending)
+    decide_link(alias, heights, prev, user, max_depth, pending, rkey, ARGV[i + 4], ARGV[i + 5])
   if outcome == 'applied' then
-    stage_link(alias, heights, prev, user, root, height, prev_height, pending)
+    stage_link(alias, heights, children, prev, user, root, height, prev_height, pending)
     applied[#applied + 1] = {prev, user, root, source_prefix .. ARGV[i], ARGV[i + 3]}
   end
   outcomes[r] = outcome
-  i = i + 4
+  i = i + 6
 end
 
 if dry then
-  local targets = {[alias] = KEYS[5], [heights] = KEYS[6]}
+  local targets = {[alias] = KEYS[7], [heights] = KEYS[8]}  -- the children index: not read
   for key, staged in pairs(pending) do
     local target = targets[key]
     if target then

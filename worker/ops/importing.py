@@ -27,6 +27,7 @@ import redis
 from resolver.heights import heights_key, sync
 from resolver.links import LinkRules
 from resolver.provenance import provenance_key
+from resolver.removals import children_key, removals_key, tombstones
 from resolver.scripts import LINK_RULES_LUA, load_lua
 
 from ..config import Settings
@@ -50,6 +51,8 @@ class Outcome(StrEnum):
     CONFLICT = "conflict"
     CYCLE = "cycle"
     TOO_DEEP = "too_deep"
+    BLOCKED = "blocked"
+    FORGOTTEN = "forgotten"
     PLACEHOLDER = "placeholder"
     INVALID = "invalid"
     """The row did not parse (reported by line number)."""
@@ -87,7 +90,7 @@ def rows_of(
 class Importer:
     """Applies (or, in a dry run, only decides) chunks of rows for one tenant."""
 
-    __slots__ = ("_args", "_client", "_keys", "_sha", "dry_run", "scratch")
+    __slots__ = ("_args", "_client", "_keys", "_mac", "_sha", "dry_run", "scratch")
 
     def __init__(
         self, client: redis.Redis, settings: Settings, tenant: str, source: str, *, dry_run: bool
@@ -95,7 +98,12 @@ class Importer:
         self._client = client
         self.dry_run = dry_run
         alias = settings.alias_prefix + tenant
-        keys = [alias, heights_key(alias), provenance_key(alias), settings.changes_key]
+        keys = [
+            *(alias, heights_key(alias), provenance_key(alias), settings.changes_key),
+            *(removals_key(alias), children_key(alias)),
+        ]
+        self._mac = settings.tombstone_key.encode() or None
+        """Tombstones are checked as the worker checks them: by the HMAC of each id."""
         self.scratch: tuple[str, ...] = ()
         """A dry run's staging hashes (links, heights), deleted by :meth:`close`."""
         if dry_run:
@@ -158,7 +166,9 @@ class Importer:
         args: list[Any] = [*self._args, len(chunk)]
         for row in chunk:
             at = "" if row.applied_at_ms is None else row.applied_at_ms
-            args.extend((row.line, row.previous_user_id, row.user_id, at))
+            prev, user = row.previous_user_id, row.user_id
+            macs = ("", "") if self._mac is None else tombstones(self._mac, (prev, user))
+            args.extend((row.line, prev, user, at, *macs))
         return args
 
     def close(self) -> None:

@@ -1,0 +1,70 @@
+-- Removes one link atomically: previous_user_id's outgoing link, its provenance and its
+-- children-index entry; bumps the tenant's generation (so every worker drops its cache of the
+-- tenant before its next commit); optionally blocks the link for good; appends the change
+-- feed's `unlink` (and `block`) entries.
+--
+-- KEYS: alias hash, heights hash, provenance hash, removals hash, children index, change feed
+-- ARGV: previous_user_id, block ('1' | '0'), op id, reason ('' for none), tenant,
+--   change feed maxlen, dry run ('1' | '0')
+-- Returns {0} when previous_user_id has no link (nothing to do), else
+-- {1, the removed link's target, {previous_user_id and every id under it}}: the ids whose
+-- resolution changes (from the old root to previous_user_id). A dry run writes nothing.
+--
+-- Heights: when the children index holds every link of the map, both trees are walked and
+-- the old root and previous_user_id (a new root) get their exact heights. Otherwise (links
+-- written by another program) they stay upper bounds: the old root keeps its height, and
+-- previous_user_id gets the old root's height - its depth, which bounds every chain under it.
+local key, hkey, pkey, rkey, ckey, changes = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local prev, block, op_id, reason, tenant = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4], ARGV[5]
+local changes_maxlen, dry = ARGV[6], ARGV[7] == '1'
+
+local err = first_error(wrong_type(key, 'hash'), wrong_type(hkey, 'hash'),
+                        wrong_type(pkey, 'hash'), wrong_type(rkey, 'hash'),
+                        wrong_type(ckey, 'zset'), wrong_type(changes, 'stream'))
+if err then return redis.error_reply(err) end
+if not string.find(changes_maxlen, '^%d+$') then
+  return redis.error_reply('ERR maxlen arguments must be digits')
+end
+local target = redis.call('HGET', key, prev)
+if not target then return {0} end
+local affected, prev_height = subtree(key, ckey, prev)
+if dry then return {1, target, affected} end
+err = first_error(not_a_count(rkey, ''), not_a_count(hkey, ''))
+if err then return redis.error_reply(err) end
+
+local root, depth = root_of(key, target)
+local root_height = nil  -- nil: keep the old root's height as it is
+if root and indexed(key, ckey) then
+  local _
+  _, root_height = subtree(key, ckey, root, prev)
+elseif root then
+  prev_height = (tonumber(redis.call('HGET', hkey, root)) or 0) - (depth + 1)
+end
+local count = tonumber(redis.call('HGET', hkey, ''))
+
+redis.call('HDEL', key, prev)
+redis.call('HDEL', pkey, prev)
+redis.call('ZREM', ckey, child_member(target, prev))
+if prev_height > 0 then redis.call('HSET', hkey, prev, prev_height) end
+if root_height == 0 then
+  redis.call('HDEL', hkey, root)
+elseif root_height then
+  redis.call('HSET', hkey, root, root_height)
+end
+if count and count > 0 then
+  redis.call('HSET', hkey, '', count - 1)
+end
+redis.call('HINCRBY', rkey, '', 1)
+local extra = {}
+if reason ~= '' then extra = {'reason', reason} end
+redis.call('XADD', changes, '*', 'tenant', tenant, 'op', 'unlink', 'previous_user_id', prev,
+           'user_id', target, 'root', prev, 'source_id', op_id, unpack(extra))
+if block then
+  redis.call('HSET', rkey, block_field(prev, target), op_id)
+  redis.call('XADD', changes, '*', 'tenant', tenant, 'op', 'block', 'previous_user_id', prev,
+             'user_id', target, 'root', prev, 'source_id', op_id, unpack(extra))
+end
+if changes_maxlen ~= '0' then
+  redis.call('XTRIM', changes, 'MAXLEN', '~', changes_maxlen)
+end
+return {1, target, affected}
