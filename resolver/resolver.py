@@ -15,6 +15,7 @@ answer never depends on what the cache held; ``max_depth`` is the write-time rul
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from .explain import Explanation, explain
 from .heights import heights_key
 from .ids import decode_id, encode_id
 from .links import LinkOutcome, LinkRules
+from .provenance import provenance_key
 from .removals import children_key, removals_key, tombstone
 from .scripts import LINK_LUA
 from .walk import End, walk
@@ -40,6 +42,10 @@ merged primary, plus a rare second merge); 16 leaves 4x that for id migrations a
 client that mints a new id per page view after 16 of them, so a cold read costs at most 17
 round trips (library) or hops (commit script)."""
 DEFAULT_CHANGES_NAME = "changes"
+DEFAULT_CHANGES_MAXLEN = 10_000_000
+"""The change feed's approximate MAXLEN, as the worker's STITCH_CHANGES_MAXLEN default."""
+LIBRARY_CONSUMER = "resolver"
+"""What provenance names as the applier of a link made through :meth:`Resolver.link`."""
 """The change feed is ``<key prefix>changes`` unless named otherwise."""
 REFUSAL_MEMORY = 10_000
 """Links refused as too deep that this process remembers (see Resolver.too_deep)."""
@@ -61,6 +67,7 @@ class Resolver(Erasing):
         rules: LinkRules | None = None,
         tombstone_key: bytes | None = None,
         changes_key: str | None = None,
+        changes_maxlen: int = DEFAULT_CHANGES_MAXLEN,
     ) -> None:
         self.client = client
         self.key_prefix = key_prefix
@@ -73,6 +80,7 @@ class Resolver(Erasing):
         self.tombstone_key = tombstone_key
         """STITCH_TOMBSTONE_KEY: needed by forget, and by link once a tenant has tombstones."""
         self.changes_key = changes_key or key_prefix + DEFAULT_CHANGES_NAME
+        self.changes_maxlen = changes_maxlen
         self.round_trips = 0
         self._link_script = client.register_script(LINK_LUA)
 
@@ -164,8 +172,12 @@ class Resolver(Erasing):
         needs XRANGE: stitch-admin's rights). ``.as_json()`` gives README's JSON shape."""
         return explain(self.client, self.key(tenant), tenant, uid)
 
-    def link(self, tenant: str, previous_user_id: str, user_id: str) -> LinkOutcome:
-        """Apply one link atomically under the forest rules (placeholders refused here)."""
+    def link(
+        self, tenant: str, previous_user_id: str, user_id: str, *, source_id: str | None = None
+    ) -> LinkOutcome:
+        """Apply one link atomically under the forest rules (placeholders refused here), with
+        its provenance and its change-feed entry; ``source_id`` names what asked for it (by
+        default a fresh ``link:<uuid>`` operation id)."""
         if self.rules.is_placeholder(previous_user_id) or self.rules.is_placeholder(user_id):
             return LinkOutcome.PLACEHOLDER
         if previous_user_id == user_id:
@@ -174,9 +186,14 @@ class Resolver(Erasing):
         macs = (
             ["", ""] if mac is None else [tombstone(mac, previous_user_id), tombstone(mac, user_id)]
         )
+        source = source_id or f"link:{uuid.uuid4().hex}"
         reply = self._link_script(
-            keys=[key, self.heights_key(tenant), removals_key(key), children_key(key)],
-            args=[self.max_depth, previous_user_id, user_id, *macs],
+            keys=[
+                *(key, self.heights_key(tenant), removals_key(key), children_key(key)),
+                *(provenance_key(key), self.changes_key),
+            ],
+            args=[self.max_depth, previous_user_id, user_id, *macs]
+            + [source, LIBRARY_CONSUMER, self.changes_maxlen, tenant],
         )
         outcome = LinkOutcome(decode_id(reply[0]))
         if outcome is LinkOutcome.APPLIED:

@@ -136,6 +136,28 @@ def test_explain_gives_the_chain_with_provenance_and_the_refusals(client: redis.
                        "refused": []}  # fmt: skip
 
 
+def test_library_links_carry_provenance_and_a_feed_entry(client: redis.Redis) -> None:
+    """Resolver.link writes what the worker writes: provenance (its operation id, the time,
+    "resolver") and one feed entry, so explain and a feed consumer see it too."""
+    library = Resolver(client)
+    assert library.link("acme", "anon-1", "cust-1", source_id="crm-merge-7").value == "applied"
+    assert library.link("acme", "anon-2", "cust-1").value == "applied"
+    assert library.link("acme", "anon-2", "cust-1").value == "noop"  # nothing written again
+    stored = {k.decode(): parse_provenance(v) for k, v in client.hgetall(
+        "alias:acme:provenance").items()}  # fmt: skip
+    assert stored["anon-1"] is not None and stored["anon-1"].source_id == "crm-merge-7"
+    assert stored["anon-2"] is not None and stored["anon-2"].source_id.startswith("link:")
+    assert {p.consumer for p in stored.values() if p is not None} == {"resolver"}
+    changes = list(read_changes(client, "alias:changes"))
+    assert [(c.op, c.previous_user_id, c.user_id, c.root) for c in changes] == [
+        ("link", "anon-1", "cust-1", "cust-1"),
+        ("link", "anon-2", "cust-1", "cust-1"),
+    ]
+    assert fold(changes) == {"acme": {"anon-1": "cust-1", "anon-2": "cust-1"}}
+    [hop] = library.explain("acme", "anon-1").as_json()["hops"]
+    assert hop["source_id"] == "crm-merge-7"
+
+
 def test_the_change_feed_is_never_taken_for_an_alias_map(client: redis.Redis) -> None:
     """alias:changes (a stream) and the provenance, refusal and heights keys are not alias
     maps: listing finds only the tenants' hashes, and a worker starts and measures fine."""

@@ -223,22 +223,27 @@ def test_every_write_of_commit_lua_has_a_fault_case() -> None:
 
 def test_single_write_scripts_write_last() -> None:
     """delconsumer.lua writes once, and nothing but a return follows the write; link.lua's
-    writes all happen in the shared rules' write_staged, its last step before returning."""
+    writes come last: the shared rules' write_staged, then its provenance and feed entry."""
     lines = (ROOT / "worker/lua/delconsumer.lua").read_text().strip().splitlines()
     writes = [n for n, line in enumerate(lines) if _writes(line)]
     assert len(writes) == 1
     rest = [line.strip() for line in lines[writes[0] + 1 :]]
     assert all(line.startswith(("return", "end")) for line in rest), rest
     link = (ROOT / "resolver/lua/link.lua").read_text().strip().splitlines()
-    assert not _writes("\n".join(link))
     [staged] = [n for n, line in enumerate(link) if "write_staged(" in line]
-    assert all(line.strip().startswith(("return", "end")) for line in link[staged + 1 :])
+    assert not _writes("\n".join(link[:staged]))
+    after = [line.strip() for line in link[staged + 1 :]]
+    assert all(
+        _writes(line) or line.startswith(("return", "'user_id'", "if ARGV")) for line in after
+    ), after
     writer = LINK_RULES_LUA.index("local function write_staged")
     assert not _writes(LINK_RULES_LUA[:writer])  # the rules read; only write_staged writes
     assert "\nlocal function" not in LINK_RULES_LUA[writer + 1 :]
 
 
-LINK_ARGS = [32, "anon", "real", "", ""]
+LINK_ARGS = [32, "anon", "real", "", "", "op-1", "test", 100, "acme"]
+LINK_KEYS = [ALIAS, ALIAS + ":heights", "alias:acme:removals", "alias:acme:children"]
+LINK_KEYS += ["alias:acme:provenance", "alias:changes"]
 
 
 def test_link_script_fails_at_its_read_or_its_only_write(real_redis: redis.Redis) -> None:
@@ -246,13 +251,32 @@ def test_link_script_fails_at_its_read_or_its_only_write(real_redis: redis.Redis
     link = real_redis.register_script(LINK_RULES_LUA + (ROOT / "resolver/lua/link.lua").read_text())
     real_redis.set(ALIAS, "x")
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-        link(keys=[ALIAS, ALIAS + ":heights", REMOVALS, CHILDREN], args=LINK_ARGS)
+        link(keys=LINK_KEYS, args=LINK_ARGS)
     real_redis.delete(ALIAS)
     real_redis.config_set("maxmemory-policy", "noeviction")
     real_redis.config_set("maxmemory", 1)
     try:
         with pytest.raises(redis.ResponseError, match=r"OOM|used memory"):
-            link(keys=[ALIAS, ALIAS + ":heights", REMOVALS, CHILDREN], args=LINK_ARGS)
+            link(keys=LINK_KEYS, args=LINK_ARGS)
     finally:
         real_redis.config_set("maxmemory", 0)
     assert real_redis.exists(ALIAS) == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("alias:acme:provenance", "x", "WRONGTYPE alias:acme:provenance holds a string"),
+        ("alias:changes", "x", "WRONGTYPE alias:changes holds a string"),
+        ("alias:acme:children", "x", "WRONGTYPE alias:acme:children holds a string"),
+    ],
+)
+def test_library_link_refused_before_its_first_write(
+    real_redis: redis.Redis, key: str, value: str, message: str
+) -> None:
+    """The library's link writes the link, its provenance and its feed entry, or nothing."""
+    link = real_redis.register_script(LINK_RULES_LUA + (ROOT / "resolver/lua/link.lua").read_text())
+    real_redis.set(key, value)
+    with pytest.raises(redis.ResponseError, match=message):
+        link(keys=LINK_KEYS, args=LINK_ARGS)
+    assert sorted(real_redis.keys("*")) == [key.encode()]
