@@ -187,13 +187,14 @@ class Resolver(Erasing):
             ["", ""] if mac is None else [tombstone(mac, previous_user_id), tombstone(mac, user_id)]
         )
         source = source_id or f"link:{uuid.uuid4().hex}"
+        args: list[Any] = [self.max_depth, previous_user_id, user_id, *macs]
+        args += [source, LIBRARY_CONSUMER, self.changes_maxlen, tenant]
         reply = self._link_script(
             keys=[
                 *(key, self.heights_key(tenant), removals_key(key), children_key(key)),
                 *(provenance_key(key), self.changes_key),
             ],
-            args=[self.max_depth, previous_user_id, user_id, *macs]
-            + [source, LIBRARY_CONSUMER, self.changes_maxlen, tenant],
+            args=args,
         )
         outcome = LinkOutcome(decode_id(reply[0]))
         if outcome is LinkOutcome.APPLIED:
