@@ -61,7 +61,9 @@ def _handler(metrics: Metrics, health: Health) -> type[BaseHTTPRequestHandler]:
             elif path == "/healthz":
                 self._probe(health.live, "loop stalled")
             elif path == "/readyz":
-                self._probe(health.ready, "not connected to Redis or group missing")
+                self._probe(
+                    health.ready, "Redis unreachable or refusing commands, or group missing"
+                )
             else:
                 self._send(404, b"not found\n", "text/plain")
 

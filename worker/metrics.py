@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from resolver.links import LinkOutcome
 
 from .deadletters import DeadLetter
+from .server_state import ERROR_KINDS
 
 __all__ = ["DEAD_LETTER_REASONS", "IDENTIFY_OUTCOMES", "GroupStats", "Metrics", "observe_many"]
 
@@ -145,6 +146,13 @@ class Metrics:
         self.reconnects = Counter(
             "stitch_reconnects", "Successful reconnects to Redis.", registry=r
         )
+        self.redis_errors = Counter(
+            "stitch_redis_errors",
+            "Redis errors the worker backed off from, by kind: connection, timeout, nogroup "
+            "(a link lost) or the code of a Redis refusing commands (oom, readonly, loading, ...).",
+            ["kind"],
+            registry=r,
+        )
         self.consumers_removed = Counter(
             "stitch_consumers_removed",
             "Idle consumers with nothing pending removed from the group.",
@@ -194,6 +202,8 @@ class Metrics:
             self.identify.labels(outcome)
         for reason in DEAD_LETTER_REASONS:
             self.dead_letters.labels(reason)
+        for kind in ERROR_KINDS:
+            self.redis_errors.labels(kind)
 
     def watch_group(self, read_stats: Callable[[], GroupStats]) -> None:
         self.registry.register(_GroupCollector(read_stats))

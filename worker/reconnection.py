@@ -7,10 +7,10 @@ from typing import Any
 
 import redis
 
-from .backoff import Backoff
 from .config import Settings
 from .health import Health
 from .metrics import Metrics
+from .outage import Outage
 from .pipeline import Pipeline
 from .planner import Planner
 from .recovery import Recovery
@@ -70,6 +70,12 @@ class Reconnection:
         self._health.connected = False
         self._metrics.redis_up.set(0)
         self._pipeline.drop()  # what was in hand is pending in Redis: recovery re-reads it
+        # every pooled connection too: the next one connects afresh, to the new primary after
+        # a failover (an address that answers READONLY now is a replica)
+        self._client.connection_pool.disconnect()
+
+    def failed(self, kind: str) -> None:
+        self._metrics.redis_errors.labels(kind).inc()
 
     def reconnected(self) -> None:
         # Redis may have lost links (no AOF) or scripts: start from what it holds now,
@@ -77,11 +83,16 @@ class Reconnection:
         self._planner.forget()
         self._recovery.due = True
 
-    def recovered(self, backoff: Backoff) -> None:
+    def recovered(self, outage: Outage) -> None:
         self._metrics.reconnects.inc()
         self._totals["reconnects"] += 1
+        backoff = outage.backoff
         self._log.info(
-            "redis reconnected", attempts=backoff.attempts, outage_s=round(backoff.elapsed_s, 3)
+            "redis accepting commands again" if outage.refusing else "redis reconnected",
+            kind=outage.kind,
+            reason=outage.error,
+            attempts=backoff.attempts,
+            outage_s=round(backoff.elapsed_s, 3),
         )
 
     def beat(self) -> None:
