@@ -124,11 +124,11 @@ class Reconnector:
         try:
             self._hooks.connect()
         except Exception as failed:
-            kind = outage_kind(failed)
-            if kind is None:
+            failed_kind = outage_kind(failed)
+            if failed_kind is None:
                 raise
-            self._hooks.failed(kind)
-            self._changed(outage, kind, failed)
+            self._hooks.failed(failed_kind)
+            self._changed(outage, failed_kind, failed)
             return outage
         self._hooks.reconnected()
         return outage

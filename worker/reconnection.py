@@ -67,6 +67,7 @@ class Reconnection:
         self._health.group_ready = True
 
     def went_down(self, exc: Exception) -> None:
+        self._health.in_outage = True
         self._health.connected = False
         self._metrics.redis_up.set(0)
         self._pipeline.drop()  # what was in hand is pending in Redis: recovery re-reads it
@@ -84,6 +85,7 @@ class Reconnection:
         self._recovery.due = True
 
     def recovered(self, outage: Outage) -> None:
+        self._health.in_outage = False
         self._metrics.reconnects.inc()
         self._totals["reconnects"] += 1
         backoff = outage.backoff
