@@ -68,7 +68,13 @@ def seed(c: redis.Redis) -> dict[str, str]:
     return ids
 
 
-SCENARIO = {"consumer": CONSUMER, "consumer_idle_ms": 1, "claim_interval_ms": 1}
+SCENARIO = {
+    "consumer": CONSUMER,
+    "consumer_idle_ms": 1,
+    "claim_interval_ms": 1,
+    "wait_replicas": 1,  # WAIT behind each commit (no replica here: 1 ms, then counted short)
+    "wait_timeout_ms": 1,
+}
 
 
 def check_outcome(c: redis.Redis, ids: dict[str, str]) -> None:

@@ -143,6 +143,12 @@ class Metrics:
             "Commits refused because another replica changed a link first; retried.",
             registry=r,
         )
+        self.under_replicated = Counter(
+            "stitch_commits_under_replicated",
+            "Commits fewer replicas than STITCH_WAIT_REPLICAS acknowledged within "
+            "STITCH_WAIT_TIMEOUT_MS (kept: a failover may lose them).",
+            registry=r,
+        )
         self.reconnects = Counter(
             "stitch_reconnects", "Successful reconnects to Redis.", registry=r
         )
