@@ -101,8 +101,8 @@ def _sentinel_client(options: dict[str, Any]) -> redis.Redis:
     sentinel_options = {
         k: v for k, v in options.items() if k.startswith("socket_") or k.startswith("ssl")
     }
-    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_options, **options)
-    client: redis.Redis = manager.master_for(service)
+    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call]
+    client: redis.Redis = manager.master_for(service)  # type: ignore[no-untyped-call]
     return client
 
 
