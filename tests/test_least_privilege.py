@@ -190,7 +190,7 @@ def admin_script(c: redis.Redis) -> Any:
     return c.evalsha(sha, 1, "alias:acme")
 
 
-REFUSED = "no permissions|can't run this command|can't access at least one of the keys"
+REFUSED = "(?i)no permissions|can't run this command|can't access at least one of the keys"
 """Redis's refusal at the top level, and inside a script (a command the worker may run only
 on the heights hashes is refused on other keys with the third message)."""
 ADMIN_ONLY = {

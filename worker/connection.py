@@ -9,6 +9,7 @@ would otherwise retry them as outages until ``STITCH_RECONNECT_GIVE_UP_S``.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import re
 import ssl
 from pathlib import Path
@@ -25,10 +26,17 @@ from redis.sentinel import Sentinel
 from .config import SENTINEL_SCHEMES, Settings, env_name
 from .errors import ConfigError
 
-__all__ = ["CLIENT_NAME", "PasswordFile", "connect", "redact"]
+__all__ = ["CLIENT_NAME", "NO_CLIENT_SETINFO", "PasswordFile", "connect", "redact"]
 
 CLIENT_NAME = "lehnz-stitch"
 """CLIENT SETNAME on every connection, so CLIENT LIST shows which clients are ours."""
+NO_CLIENT_SETINFO: dict[str, Any] = (
+    {"driver_info": None}
+    if importlib.util.find_spec("redis.driver_info") is not None
+    else {"lib_name": None, "lib_version": None}
+)
+"""redis-py sends CLIENT SETINFO on connect and ignores a refusal, but Redis 7.2+ and Valkey
+log the worker's ACL denying it, and Redis 7.0 has no such command to allow: not sent."""
 REDACTED = "***"
 _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 
@@ -51,6 +59,7 @@ def connect(settings: Settings) -> redis.Redis:
         "socket_connect_timeout": 5.0,
         "retry": Retry(NoBackoff(), 0),
         "client_name": CLIENT_NAME,
+        **NO_CLIENT_SETINFO,
         **_tls_options(settings),
         **from_url,  # as Redis.from_url does: the URL's options win
     }
