@@ -58,6 +58,7 @@ def embedded_redis() -> Iterator[tuple[str, str]]:
             yield f"redis://127.0.0.1:{port}/0", "fakeredis TCP server (no redis/valkey-server)"
         finally:
             server.shutdown()
+            server.server_close()
         return
     with tempfile.TemporaryDirectory(prefix="stitch-demo-") as tmp:
         proc = subprocess.Popen(

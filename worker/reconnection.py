@@ -14,6 +14,7 @@ from .outage import Outage
 from .pipeline import Pipeline
 from .planner import Planner
 from .recovery import Recovery
+from .server_state import CONNECTION_KINDS, outage_kind
 from .stream import InputStream
 
 __all__ = ["Reconnection"]
@@ -68,8 +69,9 @@ class Reconnection:
 
     def went_down(self, exc: Exception) -> None:
         self._health.in_outage = True
-        self._health.connected = False
-        self._metrics.redis_up.set(0)
+        if outage_kind(exc) in CONNECTION_KINDS:  # a Redis refusing commands is connected
+            self._health.connected = False
+            self._metrics.redis_up.set(0)
         self._pipeline.drop()  # what was in hand is pending in Redis: recovery re-reads it
         # every pooled connection too: the next one connects afresh, to the new primary after
         # a failover (an address that answers READONLY now is a replica)
@@ -86,8 +88,9 @@ class Reconnection:
 
     def recovered(self, outage: Outage) -> None:
         self._health.in_outage = False
-        self._metrics.reconnects.inc()
-        self._totals["reconnects"] += 1
+        if not outage.refusing:
+            self._metrics.reconnects.inc()
+            self._totals["reconnects"] += 1
         backoff = outage.backoff
         self._log.info(
             "redis accepting commands again" if outage.refusing else "redis reconnected",
