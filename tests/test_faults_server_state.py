@@ -155,3 +155,46 @@ def test_readonly_is_waited_out(server: RedisServer, tmp_path: Path) -> None:
         lambda: admin.execute_command("REPLICAOF", "NO", "ONE"),
         batch_size=2,  # slow enough for the change to come mid-drain
     )
+
+
+@pytest.mark.slow
+def test_loading_is_waited_out(tmp_path: Path) -> None:
+    """Redis restarted on an AOF that takes seconds to load, under a running worker: the
+    outage turns from a lost link into LOADING (logged once), the worker reconnects once
+    the data is in, and the backlog drains exactly once with every link kept."""
+    server = RedisServer(appendonly=True, extra=["--loading-process-events-interval-bytes", "1024"])
+    server.start()
+    try:
+        client, log = server.client(), tmp_path / "worker.log"
+        client.mset({f"filler:{n}": n for n in range(20_000)})
+        client.bgrewriteaof()  # the filler goes to an RDB base file: key-load-delay applies
+        wait_for(lambda: not client.info("persistence")["aof_rewrite_in_progress"], 30, "rewrite")
+        rows = []
+        for i in range(1000):
+            rows += [("acme", identify(f"real-{i}", f"anon-{i}")), ("acme", event(f"anon-{i}"))]
+        expected = add_many(client, rows)[1::2]
+        plain = f"redis://127.0.0.1:{server.port}/0"  # the ACL users are not in the AOF
+        with running_worker(
+            plain, log_path=log, consumer="w", batch_size=20, block_ms=100, reconnect_give_up_s=60
+        ) as proc:
+            wait_for(lambda: client.xlen(OUTPUT) >= 100, 30, "the drain to start", interval=0.001)
+            server.kill()
+            client.close()
+            server.extra += ["--key-load-delay", "200"]  # 20,000 keys: about 4 s of LOADING
+            server.start()
+            client = server.client()
+            wait_group_done(client, 60)
+            assert_running(proc, log)
+            assert stop_gracefully(proc, 15) == 0
+        counts = output_sources(client)
+        assert not {i: n for i, n in counts.items() if n != 1}, "events emitted more than once"
+        assert set(counts) == set(expected)
+        assert alias_map(client, "acme") == {f"anon-{i}": f"real-{i}" for i in range(1000)}
+        lines = log_lines(log)
+        changed = [ln["kind"] for ln in lines if ln.get("event") == "redis outage changed"]
+        assert changed == ["loading"]
+        ended = [ln for ln in lines if ln.get("event") == "redis reconnected"]
+        assert [ln["kind"] for ln in ended] == ["loading"]
+        client.close()
+    finally:
+        server.stop()

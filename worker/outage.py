@@ -30,7 +30,7 @@ T = TypeVar("T")
 class Outage:
     """One outage, from its first error to the step that finally worked."""
 
-    __slots__ = ("backoff", "error", "kind", "lost")
+    __slots__ = ("backoff", "error", "kind", "link_lost", "lost")
 
     def __init__(self, give_up_s: float, kind: str, error: Exception) -> None:
         self.backoff = Backoff(give_up_s)
@@ -40,6 +40,8 @@ class Outage:
         """What started it (the reason logged when it ends)."""
         self.lost: Backoff | None = self.backoff if kind in CONNECTION_KINDS else None
         """Since when the link has been lost (the give-up clock); None while Redis answers."""
+        self.link_lost = self.lost is not None
+        """The link was lost at some point: the end of the outage is a reconnect."""
 
     @property
     def refusing(self) -> bool:
@@ -143,4 +145,5 @@ class Reconnector:
             outage.lost = None
         elif outage.lost is None:
             outage.lost = Backoff(self._give_up_s)
+            outage.link_lost = True
         self._log.warning("redis outage changed", kind=kind, error=str(exc))

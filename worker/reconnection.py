@@ -88,12 +88,12 @@ class Reconnection:
 
     def recovered(self, outage: Outage) -> None:
         self._health.in_outage = False
-        if not outage.refusing:
+        if outage.link_lost:
             self._metrics.reconnects.inc()
             self._totals["reconnects"] += 1
         backoff = outage.backoff
         self._log.info(
-            "redis accepting commands again" if outage.refusing else "redis reconnected",
+            "redis reconnected" if outage.link_lost else "redis accepting commands again",
             kind=outage.kind,
             reason=outage.error,
             attempts=backoff.attempts,
