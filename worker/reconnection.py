@@ -72,7 +72,8 @@ class Reconnection:
         if outage_kind(exc) in CONNECTION_KINDS:  # a Redis refusing commands is connected
             self._health.connected = False
             self._metrics.redis_up.set(0)
-        self._pipeline.drop()  # what was in hand is pending in Redis: recovery re-reads it
+        self._pipeline.drop()  # what was in hand is pending in Redis: recovery re-reads it,
+        self._recovery.due = True  # even if the step works again before a reconnect does
         # every pooled connection too: the next one connects afresh, to the new primary after
         # a failover (an address that answers READONLY now is a replica)
         self._client.connection_pool.disconnect()
