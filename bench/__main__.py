@@ -58,6 +58,8 @@ class Options:
     replicas: tuple[int, ...]
     sections: str
     quick: bool
+    wait_replicas: int = 0
+    """Replicas started beside the bench's Redis; section A's workers WAIT for them."""
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
@@ -100,6 +102,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         help="distinct ids pushed through the cache (default 1M; quick 400k)",
     )
     parser.add_argument("--sections", default="ABCDE", help="subset to run, e.g. AC")
+    parser.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=0,
+        help="start N replicas of the bench's Redis; section A runs STITCH_WAIT_REPLICAS=N",
+    )
     args = parser.parse_args(argv)
     quick = bool(args.quick)
 
@@ -122,6 +130,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         replicas=(1, 2, 4),
         sections=args.sections.upper(),
         quick=quick,
+        wait_replicas=args.wait_replicas,
     )
 
 
@@ -242,6 +251,7 @@ def section_a(report: Report, server: RedisServer, opts: Options, data: DataSet)
                 startup_s=startup,
                 batch_size=opts.batch_size,
                 name=f"(a) lehnz-stitch #{n + 1}",
+                extra_env={"STITCH_WAIT_REPLICAS": str(opts.wait_replicas)},
             )
         )
         reset(client)
@@ -664,14 +674,37 @@ def guarded(report: Report, name: str, action: Callable[[], object]) -> object:
         return None
 
 
+@contextlib.contextmanager
+def replicas_of(server: RedisServer, count: int) -> Iterator[list[RedisServer]]:
+    """``count`` redis-servers replicating ``server``, in sync before the block starts."""
+    replicas = [RedisServer(cpu=None).start() for _ in range(count)]
+    try:
+        for replica in replicas:
+            replica.client().replicaof("127.0.0.1", server.port)
+        deadline = time.monotonic() + 30
+        while server.client().info("replication")["connected_slaves"] < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replicas did not connect")
+            time.sleep(0.05)
+        yield replicas
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     started = time.perf_counter()
     report = Report()
     header(report, opts)
     tmpdir = Path(tempfile.mkdtemp(prefix="stitch-bench-"))
-    with RedisServer(cpu=CPU_REDIS) as server:
+    with RedisServer(cpu=CPU_REDIS) as server, replicas_of(server, opts.wait_replicas):
         report.line(f"private redis-server on 127.0.0.1:{server.port} (no persistence)")
+        if opts.wait_replicas:
+            report.line(
+                f"{opts.wait_replicas} replica(s) beside it; section A's workers run with "
+                f"STITCH_WAIT_REPLICAS={opts.wait_replicas}"
+            )
         data: DataSet | None = None
         if "A" in opts.sections or "E" in opts.sections:
             gen_start = time.perf_counter()

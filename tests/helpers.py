@@ -12,6 +12,7 @@ import structlog
 from tests.redis_proc import WORKER_PASSWORD
 from worker import Metrics, Settings, Worker
 from worker.acl import WORKER_USER
+from worker.connection import NO_CLIENT_SETINFO
 
 INPUT, OUTPUT, DEAD = "events", "events:enriched", "events:dead"
 
@@ -66,6 +67,7 @@ def as_worker_user(client: redis.Redis) -> redis.Redis:
         protocol=2,
         username=WORKER_USER,
         password=WORKER_PASSWORD,
+        **NO_CLIENT_SETINFO,
     )
 
 

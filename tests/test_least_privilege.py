@@ -69,7 +69,13 @@ def seed(c: redis.Redis) -> dict[str, str]:
     return ids
 
 
-SCENARIO = {"consumer": CONSUMER, "consumer_idle_ms": 1, "claim_interval_ms": 1}
+SCENARIO = {
+    "consumer": CONSUMER,
+    "consumer_idle_ms": 1,
+    "claim_interval_ms": 1,
+    "wait_replicas": 1,  # WAIT behind each commit (no replica here: 1 ms, then counted short)
+    "wait_timeout_ms": 1,
+}
 
 
 def check_outcome(c: redis.Redis, ids: dict[str, str]) -> None:
@@ -185,7 +191,7 @@ def admin_script(c: redis.Redis) -> Any:
     return c.evalsha(sha, 1, "alias:acme")
 
 
-REFUSED = "no permissions|can't run this command|can't access at least one of the keys"
+REFUSED = "(?i)no permissions|can't run this command|can't access at least one of the keys"
 """Redis's refusal at the top level, and inside a script (a command the worker may run only
 on the heights hashes is refused on other keys with the third message)."""
 ADMIN_ONLY = {

@@ -16,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from worker import backoff
 from worker.backoff import Backoff
 from worker.errors import RedisUnavailableError
-from worker.outage import Reconnector
+from worker.outage import Outage, Reconnector
 
 
 class Stop(threading.Event):
@@ -42,6 +42,8 @@ class Hooks:
         self.connect_failures = connect_failures
         self.down: list[Exception] = []
         self.backoffs: list[Backoff] = []
+        self.outages: list[Outage] = []
+        self.kinds: list[str] = []
 
     def connect(self) -> None:
         self.calls.append("connect")
@@ -53,12 +55,16 @@ class Hooks:
         self.calls.append("went_down")
         self.down.append(exc)
 
+    def failed(self, kind: str) -> None:
+        self.kinds.append(kind)
+
     def reconnected(self) -> None:
         self.calls.append("reconnected")
 
-    def recovered(self, backoff: Backoff) -> None:
+    def recovered(self, outage: Outage) -> None:
         self.calls.append("recovered")
-        self.backoffs.append(backoff)
+        self.backoffs.append(outage.backoff)
+        self.outages.append(outage)
 
     def beat(self) -> None:
         self.calls.append("beat")
@@ -95,15 +101,18 @@ def _fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 OUTAGES = {
-    "connection lost": RedisConnectionError("Connection refused"),
-    "timeout": RedisTimeoutError("Timeout reading from socket"),
-    "socket error": OSError(104, "Connection reset by peer"),
-    "group lost with the data": ResponseError("NOGROUP No such key 'events' or consumer group"),
+    "connection lost": (RedisConnectionError("Connection refused"), "connection"),
+    "timeout": (RedisTimeoutError("Timeout reading from socket"), "timeout"),
+    "socket error": (OSError(104, "Connection reset by peer"), "connection"),
+    "group lost with the data": (
+        ResponseError("NOGROUP No such key 'events' or consumer group"),
+        "nogroup",
+    ),
 }
 
 
-@pytest.mark.parametrize("error", OUTAGES.values(), ids=list(OUTAGES))
-def test_outage_then_recovery(error: Exception) -> None:
+@pytest.mark.parametrize(("error", "kind"), OUTAGES.values(), ids=list(OUTAGES))
+def test_outage_then_recovery(error: Exception, kind: str) -> None:
     """Two failures then success: down once, reconnect after each wait, recovered once."""
     hooks, log, stop = Hooks(), Log(), Stop()
     reconnector = Reconnector(60, stop, hooks, log)
@@ -120,7 +129,10 @@ def test_outage_then_recovery(error: Exception) -> None:
     ]
     assert hooks.down == [error]
     assert hooks.backoffs[0].attempts == 2
-    assert log.warnings == [("redis unavailable, reconnecting", {"error": str(error)})]
+    assert log.warnings == [
+        ("redis unavailable, reconnecting", {"error": str(error), "kind": kind})
+    ]
+    assert hooks.kinds == [kind, kind]
     assert len(stop.waits) == 2
     for n, delay in enumerate(stop.waits):
         assert delay is not None
@@ -155,9 +167,10 @@ def test_reconnected_only_after_a_connect_that_worked() -> None:
 
 
 def test_other_response_errors_propagate_at_once() -> None:
-    """A ResponseError without NOGROUP is a bug or bad data, not an outage: raised unchanged."""
+    """A ResponseError that says nothing about Redis's state is a bug or bad data, not an
+    outage: raised unchanged."""
     hooks, log, stop = Hooks(), Log(), Stop()
-    error = ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+    error = ResponseError("ERR wrong number of arguments for 'xadd' command")
     with pytest.raises(ResponseError) as raised:
         Reconnector(60, stop, hooks, log).run(failing(error), when_stopped="")
     assert raised.value is error
@@ -186,7 +199,7 @@ def test_stop_already_requested_returns_when_stopped() -> None:
     assert log.warnings == [
         (
             "stopping during a redis outage; uncommitted entries stay pending",
-            {"error": "down"},
+            {"error": "down", "kind": "connection"},
         )
     ]
 
@@ -244,3 +257,83 @@ def test_real_event_waits_only_milliseconds() -> None:
     )
     assert time.monotonic() - started < 0.5
     assert hooks.calls.count("reconnected") == 3
+
+
+def _refused(line: str) -> ResponseError:
+    """The exception redis-py raises for an error reply ``line``."""
+    from redis._parsers.base import BaseParser
+
+    error: ResponseError = BaseParser.parse_error(line)
+    return error
+
+
+REFUSALS = {
+    "oom": "OOM command not allowed when used memory > 'maxmemory'. script: x, on @user_script:1.",
+    "readonly": "READONLY You can't write against a read only replica.",
+    "loading": "LOADING Redis is loading the dataset in memory",
+    "busy": "BUSY Redis is busy running a script. You can only call SCRIPT KILL.",
+    "masterdown": "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is 'no'.",
+    "noreplicas": "NOREPLICAS Not enough good replicas to write.",
+    "tryagain": "TRYAGAIN Multiple keys request during rehashing of slot",
+    "clusterdown": "CLUSTERDOWN The cluster is down",
+}
+
+
+@pytest.mark.parametrize(("kind", "line"), REFUSALS.items(), ids=list(REFUSALS))
+def test_a_refusing_redis_is_an_outage_that_never_gives_up(kind: str, line: str) -> None:
+    """Redis's own state: backed off like a lost link (went_down once, one warning, each
+    error counted by kind), but past STITCH_RECONNECT_GIVE_UP_S it is still waited out;
+    the end is reported once, with the kind and the error that started it."""
+    hooks, log, stop = Hooks(), Log(), Stop()
+    error = _refused(line)
+    result = Reconnector(0, stop, hooks, log).run(failing(*[error] * 5), when_stopped="")
+    assert result == "done"
+    assert hooks.calls.count("went_down") == 1
+    assert hooks.calls.count("recovered") == 1
+    assert hooks.kinds == [kind] * 5
+    assert len(stop.waits) == 5
+    assert log.warnings == [
+        ("redis refusing commands, retrying", {"kind": kind, "error": str(error)})
+    ]
+    [outage] = hooks.outages
+    assert (outage.kind, outage.error, outage.refusing) == (kind, str(error), True)
+
+
+def test_connect_refused_while_redis_refuses_is_retried() -> None:
+    """A Redis still loading answers the reconnect's PING with LOADING: counted, no new log
+    line (same kind), retried until the PING works."""
+    loading = _refused(REFUSALS["loading"])
+
+    class LoadingHooks(Hooks):
+        def connect(self) -> None:
+            self.calls.append("connect")
+            if self.connect_failures:
+                self.connect_failures -= 1
+                raise loading
+
+    hooks, log = LoadingHooks(connect_failures=2), Log()
+    action = failing(loading, loading, loading)
+    assert Reconnector(0, Stop(), hooks, log).run(action, when_stopped="") == "done"
+    assert hooks.kinds == ["loading"] * 5  # three steps, two PINGs
+    assert hooks.calls.count("reconnected") == 1
+    assert [event for event, _ in log.warnings] == ["redis refusing commands, retrying"]
+
+
+def test_give_up_clock_runs_only_while_the_link_is_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OOM for 40s then the link lost: the give-up time (10s) counts from the loss, and each
+    change of kind is logged once."""
+    now = [1000.0]
+    monkeypatch.setattr(backoff, "time", SimpleNamespace(monotonic=lambda: now[0]))
+
+    def advance() -> None:
+        now[0] += 4.0
+
+    hooks, log, stop = Hooks(), Log(), Stop(on_wait=advance)
+    oom, down = _refused(REFUSALS["oom"]), RedisConnectionError("down")
+    with pytest.raises(RedisUnavailableError, match=r"unreachable for 12s "):
+        Reconnector(10, stop, hooks, log).run(failing(*[oom] * 10, *[down] * 10), when_stopped="")
+    assert len(stop.waits) == 10 + 3
+    assert [event for event, _ in log.warnings] == [
+        "redis refusing commands, retrying",
+        "redis outage changed",
+    ]

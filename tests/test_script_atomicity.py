@@ -280,3 +280,22 @@ def test_library_link_refused_before_its_first_write(
     with pytest.raises(redis.ResponseError, match=message):
         link(keys=LINK_KEYS, args=LINK_ARGS)
     assert sorted(real_redis.keys("*")) == [key.encode()]
+
+
+def test_over_memory_a_batch_that_acks_first_commits_whole(real_redis: redis.Redis) -> None:
+    """Redis refuses an over-memory script only at its first write, and only if that write can
+    grow memory. A batch without links writes an XACK first (it frees memory): Redis lets the
+    whole script run, so it commits whole, never partly (the link case, refused whole before
+    its first write, is ``out_of_memory`` above)."""
+    batch = _batch(real_redis)
+    batch["entries"] = batch["entries"][1:]  # the event and the dead letter: no link
+    batch["entries"][0][-2:] = [1, "real"]
+    _out_of_memory(real_redis, batch)
+    try:
+        reply = _run(real_redis, batch)
+    finally:
+        real_redis.config_set("maxmemory", 0)
+    assert reply[:3] == [1, 1, 1]
+    assert real_redis.xlen(OUTPUT) == 1 and real_redis.xlen(DEAD) == 1
+    assert real_redis.xpending(INPUT, "stitch")["pending"] == 1  # the link's entry, not sent
+    assert real_redis.exists(ALIAS) == 0

@@ -8,11 +8,13 @@ parser did not foresee.
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 import redis
 
-from tests.helpers import DEAD, INPUT, add, event, identify, make_worker, metric, output
+from tests.fault_tools import wait_for
+from tests.helpers import DEAD, INPUT, OUTPUT, add, event, identify, make_worker, metric, output
 from worker.scripts import COMMIT_LUA, CommitCommand
 from worker.split import entries_at_fault
 from worker.worker import Worker
@@ -78,14 +80,28 @@ def test_refused_entries_in_a_synchronous_batch(real_redis: redis.Redis) -> None
 
 def test_redis_state_errors_are_not_split(real_redis: redis.Redis) -> None:
     """A key of the wrong type is the operator's, not an entry's: nothing is dead-lettered,
-    the entries stay pending, and the error reaches the caller."""
+    the entries stay pending, and the worker waits (not ready) until the key is fixed."""
     add(real_redis, "acme", event("u1"))
     real_redis.set("events:enriched", "not a stream")
     worker = make_worker(real_redis)
-    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-        worker.run(drain=True)
-    assert real_redis.xlen(DEAD) == 0
-    assert real_redis.xpending(INPUT, "stitch")["pending"] == 1
+    thread = threading.Thread(target=worker.run, kwargs={"drain": True}, daemon=True)
+    thread.start()
+    try:
+        wait_for(
+            lambda: (metric(worker, "stitch_redis_errors_total", kind="wrongtype") or 0) >= 2,
+            30,
+            "the worker to meet WRONGTYPE twice",
+        )
+        assert not worker.health.ready
+        assert real_redis.xlen(DEAD) == 0
+        assert real_redis.xpending(INPUT, "stitch")["pending"] == 1
+        real_redis.delete("events:enriched")
+        thread.join(30)
+        assert not thread.is_alive()
+    finally:
+        worker.request_stop()
+        thread.join(30)
+    assert real_redis.xlen(OUTPUT) == 1 and real_redis.xlen(DEAD) == 0
 
 
 @pytest.mark.parametrize(

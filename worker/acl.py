@@ -73,6 +73,8 @@ WORKER_COMMANDS = (
     # the scripts themselves, by SHA, loaded again after a restart or SCRIPT FLUSH
     "+evalsha",
     "+script|load",
+    # STITCH_WAIT_REPLICAS: behind each commit, on its connection
+    "+wait",
 )
 """Everything ``python -m worker run`` and ``resolve`` send, scripts' inner calls included."""
 

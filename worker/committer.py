@@ -18,6 +18,7 @@ from resolver.links import LinkOutcome
 from .errors import StaleCommitError
 from .parser import Entry
 from .planner import Plan, Planner
+from .replication import ReplicaWait
 from .split import Splitter
 from .wire import RoundTrip
 
@@ -92,41 +93,64 @@ def _stale_generations(tenants: list[Any]) -> Stale:
     return Stale([], [], [(int(t[0]), t[1].decode(), int(t[2]) > 0) for t in tenants])
 
 
+def _committed(reply: list[Any]) -> Committed:
+    return Committed(
+        int(reply[1]),
+        int(reply[2]),
+        [int(n) - 1 for n in reply[3]],
+        [LinkOutcome(o.decode()) for o in reply[4]],
+        [int(d) for d in reply[5][1::2]],
+        _learned(reply[6]),
+        [int(n) - 1 for n in reply[7]],
+    )
+
+
 class Committer:
-    __slots__ = ("_log", "_planner", "_stale_commits", "_wire", "sink")
+    __slots__ = ("_log", "_planner", "_stale_commits", "_wire", "sink", "wait")
 
     def __init__(
-        self, wire: RoundTrip, planner: Planner, sink: Sink, stale_commits: Any, log: Any
+        self,
+        wire: RoundTrip,
+        planner: Planner,
+        sink: Sink,
+        stale_commits: Any,
+        log: Any,
+        wait: ReplicaWait | None = None,
     ) -> None:
         self._wire = wire
         self._planner = planner
         self.sink = sink
         self._stale_commits = stale_commits
         self._log = log
+        self.wait = wait if wait is not None else ReplicaWait(0, 0, None, log)
+        """WAIT for replicas behind every commit (STITCH_WAIT_REPLICAS), or nothing."""
 
-    def verdict(self, plan: Plan, reply: Any) -> Committed | Stale:
-        """Interpret a reply; after a Redis restart (NOSCRIPT) load the script and run again."""
+    def verdict(self, plan: Plan, reply: Any, waited: Any = None) -> Committed | Stale:
+        """Interpret a reply (and the WAIT reply sent behind it, if waiting); after a Redis
+        restart (NOSCRIPT) load the script and run again."""
         if isinstance(reply, NoScriptError):
             self._wire.call("SCRIPT", "LOAD", self._planner.command.source)
-            reply = self._wire.request(plan.packed)
+            reply, waited = self._send(plan)
         if isinstance(reply, ResponseError):
             raise reply
         if reply[0] == 2:
             return _stale_generations(reply[1])
         if reply[0] != 1:
             return _stale(reply[1])
-        return Committed(
-            int(reply[1]),
-            int(reply[2]),
-            [int(n) - 1 for n in reply[3]],
-            [LinkOutcome(o.decode()) for o in reply[4]],
-            [int(d) for d in reply[5][1::2]],
-            _learned(reply[6]),
-            [int(n) - 1 for n in reply[7]],
-        )
+        if self.wait.replies:
+            self.wait.check(waited)
+        return _committed(reply)
 
     def commit(self, plan: Plan) -> Committed | Stale:
-        return self.verdict(plan, self._wire.request(plan.packed))
+        return self.verdict(plan, *self._send(plan))
+
+    def _send(self, plan: Plan) -> tuple[Any, Any]:
+        """The commit (and its WAIT) on one connection: (verdict reply, WAIT reply or None)."""
+        wait = self.wait
+        if not wait.replies:
+            return self._wire.request(plan.packed), None
+        reply, waited = self._wire.requests(plan.packed + wait.packed, 2)
+        return reply, waited
 
     def finish(self, entries: list[Entry], plan: Plan, result: Committed, started: float) -> None:
         """``plan`` committed: the planner learns from it, then the sink accounts for it."""

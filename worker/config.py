@@ -89,6 +89,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     consumer_idle_ms: PositiveInt = 3_600_000
     shutdown_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 25.0
     reconnect_give_up_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    wait_replicas: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
+    wait_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 1_000
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65_535)] = 9108
     metrics_addr: str = "0.0.0.0"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -140,8 +142,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def socket_timeout_s(self) -> float:
-        """Always above BLOCK, so a blocking read can never time out the socket."""
-        return self.block_ms / 1000 + 5.0
+        """Always above BLOCK and WAIT's timeout, so neither can time out the socket."""
+        return max(self.block_ms, self.wait_timeout_ms) / 1000 + 5.0
 
     @classmethod
     def from_env(
@@ -188,6 +190,10 @@ def _renamed(env: Mapping[str, str]) -> Mapping[str, str]:
     return moved
 
 
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+"""``[user:password@]host:port[,host:port...]/service-name[/db]``: see connection.py."""
+
+
 def _check_redis_url(settings: Settings) -> None:
     """The URL's shape and how it combines with the TLS and password settings (no I/O here:
     the files are read when connecting). The URL itself is never echoed: it may hold a
@@ -196,9 +202,10 @@ def _check_redis_url(settings: Settings) -> None:
         url = urlsplit(settings.redis_url)
     except ValueError as exc:
         raise ConfigError(f"{env_name('redis_url')}: not a URL ({exc})") from None
-    if url.scheme not in ("redis", "rediss", "unix"):
+    if url.scheme not in ("redis", "rediss", "unix", *SENTINEL_SCHEMES):
         raise ConfigError(
-            f"{env_name('redis_url')}: expected a redis://, rediss:// or unix:// URL, "
+            f"{env_name('redis_url')}: expected a redis://, rediss://, unix://, "
+            "redis+sentinel:// or rediss+sentinel:// URL, "
             f"got one starting with {url.scheme + ':' if url.scheme else 'no scheme'}"
         )
     query = {name.lower() for name, _ in parse_qsl(url.query)}
@@ -211,9 +218,10 @@ def _check_redis_url(settings: Settings) -> None:
     tls_files = [
         n for n in ("redis_ca_file", "redis_cert_file", "redis_key_file") if getattr(settings, n)
     ]
-    if tls_files and url.scheme != "rediss":
+    if tls_files and not url.scheme.startswith("rediss"):
         raise ConfigError(
-            f"{env_name(tls_files[0])}: set, but {env_name('redis_url')} is not a rediss:// URL"
+            f"{env_name(tls_files[0])}: set, but {env_name('redis_url')} is not a rediss:// "
+            "(or rediss+sentinel://) URL"
         )
     if settings.redis_key_file and not settings.redis_cert_file:
         raise ConfigError(

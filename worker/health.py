@@ -17,13 +17,16 @@ __all__ = ["Health", "HealthServer"]
 class Health:
     """What the loop reports about itself; read by the probe handlers from another thread."""
 
-    __slots__ = ("connected", "group_ready", "progress_at", "stall_after_s")
+    __slots__ = ("connected", "group_ready", "in_outage", "progress_at", "stall_after_s")
 
     def __init__(self, stall_after_s: float) -> None:
         self.stall_after_s = stall_after_s
         self.progress_at = time.monotonic()
         self.connected = False
         self.group_ready = False
+        self.in_outage = False
+        """From an outage's first error to the step that worked: a reconnect alone (PING
+        answered by a Redis that still refuses writes) does not make the worker ready."""
 
     def beat(self) -> None:
         self.progress_at = time.monotonic()
@@ -34,7 +37,7 @@ class Health:
 
     @property
     def ready(self) -> bool:
-        return self.connected and self.group_ready
+        return self.connected and self.group_ready and not self.in_outage
 
 
 class HealthServer:
@@ -61,7 +64,9 @@ def _handler(metrics: Metrics, health: Health) -> type[BaseHTTPRequestHandler]:
             elif path == "/healthz":
                 self._probe(health.live, "loop stalled")
             elif path == "/readyz":
-                self._probe(health.ready, "not connected to Redis or group missing")
+                self._probe(
+                    health.ready, "Redis unreachable or refusing commands, or group missing"
+                )
             else:
                 self._send(404, b"not found\n", "text/plain")
 

@@ -19,6 +19,7 @@ from resolver.feed import ChangeOp
 from resolver.links import LinkOutcome
 
 from .deadletters import DeadLetter
+from .server_state import ERROR_KINDS
 
 __all__ = ["DEAD_LETTER_REASONS", "IDENTIFY_OUTCOMES", "GroupStats", "Metrics", "observe_many"]
 
@@ -166,8 +167,21 @@ class Metrics:
             "Commits refused because another replica changed a link first; retried.",
             registry=r,
         )
+        self.under_replicated = Counter(
+            "stitch_commits_under_replicated",
+            "Commits fewer replicas than STITCH_WAIT_REPLICAS acknowledged within "
+            "STITCH_WAIT_TIMEOUT_MS (kept: a failover may lose them).",
+            registry=r,
+        )
         self.reconnects = Counter(
             "stitch_reconnects", "Successful reconnects to Redis.", registry=r
+        )
+        self.redis_errors = Counter(
+            "stitch_redis_errors",
+            "Redis errors the worker backed off from, by kind: connection, timeout, nogroup "
+            "(a link lost) or the code of a Redis refusing commands (oom, readonly, loading, ...).",
+            ["kind"],
+            registry=r,
         )
         self.consumers_removed = Counter(
             "stitch_consumers_removed",
@@ -222,6 +236,8 @@ class Metrics:
             self.changes.labels(op)
         for outcome in REFUSAL_OUTCOMES:
             self.refusals.labels(outcome)
+        for kind in ERROR_KINDS:
+            self.redis_errors.labels(kind)
 
     def watch_group(self, read_stats: Callable[[], GroupStats]) -> None:
         self.registry.register(_GroupCollector(read_stats))

@@ -61,6 +61,7 @@ class Pipeline:
         "_recovery",
         "_sent",
         "_stream",
+        "_wait",
     )
 
     def __init__(
@@ -79,6 +80,7 @@ class Pipeline:
         self._planner = planner
         self._committer = committer
         self._recovery = recovery
+        self._wait = committer.wait  # WAIT behind each commit (STITCH_WAIT_REPLICAS)
         self._batch_size = settings.batch_size
         self._block_ms = settings.block_ms
         self._read_now = pack(stream.read_command(settings.batch_size, None))
@@ -128,7 +130,7 @@ class Pipeline:
         full = len(queued.entries) >= self._batch_size
         extra = self._stream.read(self._batch_size, None) if full else []
         read = self._read_now if extra else self._read_blocking
-        self._connection.send(queued.plan.packed + read, 2)
+        self._send(queued, read)
         self._sent = queued
         self._queued = self._prepare(extra, after=queued.plan) if extra else None
         return len(queued.entries)
@@ -144,7 +146,7 @@ class Pipeline:
             queued = _Ready(queued.entries, self._planner.plan(queued.entries), queued.started)
         try:
             if queued is not None:
-                self._connection.send(queued.plan.packed + self._read_now, 2)
+                self._send(queued, self._read_now)
                 self._sent = queued
         finally:  # ``sent`` is committed: count it even if the send failed
             if isinstance(result, Committed):
@@ -154,12 +156,19 @@ class Pipeline:
             self._queued = self._prepare(raw, after=queued.plan if queued is not None else None)
         return len(sent.entries) + len(raw)
 
+    def _send(self, ready: _Ready, read: bytes) -> None:
+        """The commit, the WAIT behind it when waiting for replicas, and the next read."""
+        wait = self._wait
+        self._connection.send(ready.plan.packed + wait.packed + read, 2 + wait.replies)
+
     def _verdict(self, sent: _Ready) -> Committed | _Redo:
         """The sent commit's verdict, or what became of it after it was found stale (or
         refused for something in it)."""
         result: Committed | Stale | None
+        reply = self._connection.reply()
+        waited = self._connection.reply() if self._wait.replies else None
         try:
-            result = self._committer.verdict(sent.plan, self._connection.reply())
+            result = self._committer.verdict(sent.plan, reply, waited)
         except ResponseError as exc:  # refused whole, nothing written: commit_now splits it
             if not entries_at_fault(exc):
                 raise

@@ -7,13 +7,14 @@ from typing import Any
 
 import redis
 
-from .backoff import Backoff
 from .config import Settings
 from .health import Health
 from .metrics import Metrics
+from .outage import Outage
 from .pipeline import Pipeline
 from .planner import Planner
 from .recovery import Recovery
+from .server_state import CONNECTION_KINDS, outage_kind
 from .stream import InputStream
 
 __all__ = ["Reconnection"]
@@ -67,9 +68,18 @@ class Reconnection:
         self._health.group_ready = True
 
     def went_down(self, exc: Exception) -> None:
-        self._health.connected = False
-        self._metrics.redis_up.set(0)
-        self._pipeline.drop()  # what was in hand is pending in Redis: recovery re-reads it
+        self._health.in_outage = True
+        if outage_kind(exc) in CONNECTION_KINDS:  # a Redis refusing commands is connected
+            self._health.connected = False
+            self._metrics.redis_up.set(0)
+        self._pipeline.drop()  # what was in hand is pending in Redis: recovery re-reads it,
+        self._recovery.due = True  # even if the step works again before a reconnect does
+        # every pooled connection too: the next one connects afresh, to the new primary after
+        # a failover (an address that answers READONLY now is a replica)
+        self._client.connection_pool.disconnect()
+
+    def failed(self, kind: str) -> None:
+        self._metrics.redis_errors.labels(kind).inc()
 
     def reconnected(self) -> None:
         # Redis may have lost links (no AOF) or scripts: start from what it holds now,
@@ -77,11 +87,18 @@ class Reconnection:
         self._planner.forget()
         self._recovery.due = True
 
-    def recovered(self, backoff: Backoff) -> None:
-        self._metrics.reconnects.inc()
-        self._totals["reconnects"] += 1
+    def recovered(self, outage: Outage) -> None:
+        self._health.in_outage = False
+        if outage.link_lost:
+            self._metrics.reconnects.inc()
+            self._totals["reconnects"] += 1
+        backoff = outage.backoff
         self._log.info(
-            "redis reconnected", attempts=backoff.attempts, outage_s=round(backoff.elapsed_s, 3)
+            "redis reconnected" if outage.link_lost else "redis accepting commands again",
+            kind=outage.kind,
+            reason=outage.error,
+            attempts=backoff.attempts,
+            outage_s=round(backoff.elapsed_s, 3),
         )
 
     def beat(self) -> None:

@@ -39,6 +39,12 @@ class RoundTrip:
         connection.send(packed, 1)
         return connection.reply()
 
+    def requests(self, packed: bytes, count: int) -> list[Any]:
+        """Send ``count`` packed commands and wait for all their replies (errors returned)."""
+        connection = PipelinedConnection(self._client)
+        connection.send(packed, count)
+        return [connection.reply() for _ in range(count)]
+
     def call(self, *args: Any) -> Any:
         """One command, waited for; an error reply is raised."""
         reply = self.request(pack(args))

@@ -32,6 +32,7 @@ from .pipeline import Pipeline
 from .planner import Planner
 from .reconnection import Reconnection
 from .recovery import Recovery
+from .replication import ReplicaWait
 from .scripts import CommitCommand
 from .stream import InputStream
 from .wire import PipelinedConnection, RoundTrip
@@ -68,8 +69,11 @@ class Worker:
             tombstone_key=settings.tombstone_key.encode() or None,
         )
         self.accounts = Accountant(metrics, self.health, self.cache, log)
+        wait = ReplicaWait(
+            settings.wait_replicas, settings.wait_timeout_ms, metrics.under_replicated, log
+        )
         self.committer = Committer(
-            RoundTrip(client), self.planner, self.accounts, metrics.stale_commits, log
+            RoundTrip(client), self.planner, self.accounts, metrics.stale_commits, log, wait
         )
         self.recovery = Recovery(
             settings, client, self.stream, parser, self.committer, self.accounts, self._stop, log
