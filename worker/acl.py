@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 from resolver.heights import HEIGHTS_SUFFIX, SCRATCH_SUFFIX
+from resolver.quarantine import SIZES_SUFFIX
 
 from .config import Settings
 
@@ -64,6 +65,8 @@ WORKER_COMMANDS = (
     "+hget",
     "+hmget",
     "+hset",
+    # a held link's entry in the quarantine, the first hold of an id standing (issue 12)
+    "+hsetnx",
     # each link's entry in the children index beside its map; blocks and tombstones (issue 11)
     "+zadd",
     "+hexists",
@@ -134,9 +137,11 @@ def key_patterns(settings: Settings) -> list[str]:
 
 
 def heights_selector(settings: Settings) -> str:
-    """HEIGHTS_COMMANDS on ``<prefix>*:heights`` and its scratch copy, nothing else."""
+    """HEIGHTS_COMMANDS on ``<prefix>*:heights`` and its scratch copy, and on the sizes hashes
+    (a root that gains a parent loses its size too), nothing else."""
     heights = _literal(settings.alias_prefix) + "*" + HEIGHTS_SUFFIX
-    return f"({' '.join(HEIGHTS_COMMANDS)} ~{heights} ~{heights}{SCRATCH_SUFFIX})"
+    sizes = _literal(settings.alias_prefix) + "*" + SIZES_SUFFIX
+    return f"({' '.join(HEIGHTS_COMMANDS)} ~{heights} ~{heights}{SCRATCH_SUFFIX} ~{sizes})"
 
 
 def worker_rules(settings: Settings) -> list[str]:
