@@ -351,8 +351,8 @@ def test_packed_layout() -> None:
     """KEYS are the four streams then each tenant's alias, heights, provenance, refusal,
     removals, children, sizes and quarantine keys in first-seen order; ARGV opens with group,
     maxlens, depth, the feed's and refusal logs' maxlens, consumer, alias prefix, what to do
-    with forgotten events and the default max component size, then the verify and entry counts, then each tenant's
-    generation ("0" until the script reports another)."""
+    with forgotten events and the default max component size, then the verify and entry
+    counts, then each tenant's generation ("0" until the script reports another)."""
     s: Settings = settings(max_chain_depth=9)
     batch = numbered([ev("x", "b"), ev("y", "a"), ev("z", "b")])
     plan = make_planner({"b": {"x": "x"}}, max_chain_depth=9).plan(batch)
