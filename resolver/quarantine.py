@@ -81,7 +81,7 @@ def size_cap(client: redis.Redis, alias_key: str, default: int) -> int:
 
 def set_limit(client: redis.Redis, alias_key: str, limit: int) -> None:
     """A tenant's own cap; bumps the generation so every worker forgets the holds it predicts."""
-    pipe = client.pipeline(transaction=True)
+    pipe = client.pipeline(transaction=False)  # the cap first, then the generation
     pipe.hset(sizes_key(alias_key), CAP_FIELD, limit)
     pipe.hincrby(removals_key(alias_key), GENERATION_FIELD, 1)
     pipe.execute()

@@ -39,8 +39,11 @@ def quarantine_commands(commands: Any) -> list[argparse.ArgumentParser]:
     reject = actions.add_parser("reject", help="drop PREV's held link")
     reject.add_argument("id", metavar="PREV")
     reject.add_argument("--block", action="store_true", help="never make this link again")
-    limit = actions.add_parser("set-limit", help="the tenant's own max component size")
-    limit.add_argument("--max-component-size", type=int, required=True, metavar="N")
+    # --max-component-size N is the setting's own flag (every command has them): given here,
+    # it becomes the tenant's cap rather than this process's default
+    limit = actions.add_parser(
+        "set-limit", help="the tenant's own max component size (--max-component-size N)"
+    )
     leaves = [listing, approve, reject, limit]
     for sub in leaves:
         sub.add_argument("--tenant", required=True)
@@ -55,10 +58,10 @@ def quarantine(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "list":
             return _list(client, settings, alias_key, as_json=args.json)
         if args.action == "set-limit":
-            if args.max_component_size < 1:
-                raise BadArgumentError("--max-component-size: at least 1")
-            set_limit(client, alias_key, args.max_component_size)
-            print(f"tenant {args.tenant!r}: max component size {args.max_component_size}")
+            if getattr(args, "setting_max_component_size", None) is None:
+                raise BadArgumentError("quarantine set-limit needs --max-component-size N")
+            set_limit(client, alias_key, settings.max_component_size)
+            print(f"tenant {args.tenant!r}: max component size {settings.max_component_size}")
             return 0
         mode = "approve" if args.action == "approve" else "reject"
         if args.action == "reject" and args.block:
