@@ -4,7 +4,7 @@
 found by running the whole suite as that user with an empty ``ACL LOG`` afterwards; commands
 inside its Lua scripts are checked against the same rules, so the scripts' XACK, XADD,
 XTRIM, HSET, TYPE, XINFO STREAM, TIME, XPENDING, XINFO CONSUMERS and XGROUP DELCONSUMER are
-listed too; what it may delete is confined to the heights hashes by an ACL selector.
+listed too; what it may delete is confined to the heights and sizes hashes by an ACL selector.
 ``stitch-admin`` adds what operators and the governance commands need. Both are confined
 to the four keys (patterns) the settings name; ``lehnz-stitch acl`` prints the lines.
 """
