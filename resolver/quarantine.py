@@ -31,6 +31,7 @@ __all__ = [
     "Decision",
     "Held",
     "decide",
+    "held_link",
     "held_links",
     "quarantine_key",
     "set_limit",
@@ -72,6 +73,11 @@ def held_links(client: redis.Redis, alias_key: str) -> list[Held]:
     """Every held link of a tenant, oldest first."""
     raw: Any = client.hgetall(quarantine_key(alias_key))
     return sorted((_parse(k, v) for k, v in raw.items()), key=lambda h: h.held_at_ms)
+
+
+def held_link(client: redis.Redis, alias_key: str, prev: str) -> Held | None:
+    raw: Any = client.hget(quarantine_key(alias_key), encode_id(prev))
+    return None if raw is None else _parse(encode_id(prev), raw)
 
 
 def size_cap(client: redis.Redis, alias_key: str, default: int) -> int:

@@ -103,6 +103,15 @@ def test_list_reject_block_and_an_approve_another_rule_now_refuses(
     add(real_redis, "acme", identify("x", "b"))  # b links elsewhere (a component of 2)
     worker = drain(real_redis)
     assert metric(worker, "stitch_identify_total", outcome="blocked") == 1
+    code, out, err = admin(redis_server, "explain", "--tenant", "acme", "b", "--json")
+    assert code == 0, err
+    assert json.loads(out)["held"] == {
+        "previous_user_id": "b",
+        "user_id": "u",
+        "source_id": ids[1],
+        "held_at_ms": next(r["held_at_ms"] for r in rows if r["previous_user_id"] == "b"),
+        "reason": "size",
+    }
     assert links(real_redis) == {"a": "u", "b": "x"} and held(real_redis) == {"b": "u"}
     code, out, _ = admin(redis_server, "quarantine", "approve", "--tenant", "acme", "b")
     assert code == 1 and "conflict" in out
