@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from .heights import heights_key
+from .heights import SIZES_SUFFIX, heights_key, sizes_key
 from .ids import decode_id, encode_id
 from .provenance import provenance_key
 from .removals import GENERATION_FIELD, children_key, removals_key, tombstone
@@ -39,14 +39,9 @@ __all__ = [
     "sizes_key",
 ]
 
-SIZES_SUFFIX = ":sizes"
 QUARANTINE_SUFFIX = ":quarantine"
 CAP_FIELD = ""
 DEFAULT_MAX_COMPONENT_SIZE = 1000
-
-
-def sizes_key(alias_key: str) -> str:
-    return alias_key + SIZES_SUFFIX
 
 
 def quarantine_key(alias_key: str) -> str:

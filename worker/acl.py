@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import re
 
-from resolver.heights import HEIGHTS_SUFFIX, SCRATCH_SUFFIX
-from resolver.quarantine import SIZES_SUFFIX
+from resolver.heights import HEIGHTS_SUFFIX, SCRATCH_SUFFIX, SIZES_SUFFIX
 
 from .config import Settings
 
@@ -141,7 +140,10 @@ def heights_selector(settings: Settings) -> str:
     (a root that gains a parent loses its size too), nothing else."""
     heights = _literal(settings.alias_prefix) + "*" + HEIGHTS_SUFFIX
     sizes = _literal(settings.alias_prefix) + "*" + SIZES_SUFFIX
-    return f"({' '.join(HEIGHTS_COMMANDS)} ~{heights} ~{heights}{SCRATCH_SUFFIX} ~{sizes})"
+    return (
+        f"({' '.join(HEIGHTS_COMMANDS)} ~{heights} ~{heights}{SCRATCH_SUFFIX} ~{sizes} "
+        f"~{sizes}{SCRATCH_SUFFIX})"
+    )
 
 
 def worker_rules(settings: Settings) -> list[str]:
