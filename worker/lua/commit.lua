@@ -12,7 +12,9 @@
 --    each with its provenance and its change-feed entry (a link is written at most once: the
 --    first link of an id stands, so a redelivered identify is a noop and adds nothing), then
 --    XACK every entry and emit (or log a refused identify) only where XACK returned 1, so a
---    redelivered or doubly claimed entry is never emitted or logged twice.
+--    redelivered or doubly claimed entry is never emitted or logged twice. A link the size cap
+--    holds ('quarantined') is written to the tenant's quarantine (HSETNX: the first hold of an
+--    id stands) with a `quarantine` feed entry, likewise only where XACK returned 1.
 --
 -- KEYS: the FIXED_KEYS streams (input, output, dead-letter, change feed), then
 --   KEYS_PER_TENANT keys per tenant n: its alias hash, heights hash, provenance hash,
