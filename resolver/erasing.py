@@ -19,6 +19,7 @@ from .explain import SCAN_CHUNK
 from .heights import heights_key
 from .ids import decode_id, encode_id
 from .provenance import provenance_key, refusals_key
+from .quarantine import quarantine_key, sizes_key
 from .removals import TombstoneKeyMissingError, children_key, removals_key, tombstone
 from .scripts import FORGET_LUA, UNLINK_LUA
 
@@ -87,6 +88,7 @@ def unlink(
         removals_key(alias_key),
         children_key(alias_key),
         changes_key,
+        sizes_key(alias_key),
     ]
     args: list[Any] = [
         encode_id(prev),
@@ -129,6 +131,8 @@ def forget(
         removals_key(alias_key),
         children_key(alias_key),
         changes_key,
+        sizes_key(alias_key),
+        quarantine_key(alias_key),
     ]
     script = client.register_script(FORGET_LUA)
     head: list[Any] = [encode_id(uid), op_id, reason, tenant, changes_maxlen]

@@ -9,6 +9,7 @@ import redis
 
 from .ids import decode_id, encode_id
 from .provenance import Provenance, parse_provenance, provenance_key, refusals_key
+from .quarantine import Held, held_link
 
 __all__ = ["SCAN_CHUNK", "Explanation", "Hop", "Refusal", "explain"]
 
@@ -49,6 +50,8 @@ class Explanation(NamedTuple):
     hops: list[Hop]
     refused: list[Refusal]
     """Oldest first, as far back as the tenant's refusal log reaches."""
+    held: Held | None = None
+    """The link from this id that merge protection holds in the quarantine, if any."""
 
     def as_json(self) -> dict[str, Any]:
         """Exactly the keys README.md documents."""
@@ -58,6 +61,7 @@ class Explanation(NamedTuple):
             "root": self.root,
             "hops": [hop.as_json() for hop in self.hops],
             "refused": [refusal.as_json() for refusal in self.refused],
+            "held": self.held.as_json() if self.held else None,
         }
 
 
@@ -75,7 +79,8 @@ def explain(client: redis.Redis, alias_key: str, tenant: str, uid: str) -> Expla
         Hop(a, b, parse_provenance(record))
         for a, b, record in zip(froms, path[1:], records, strict=True)
     ]
-    return Explanation(tenant, uid, root, hops, _refusals(client, refusals_key(alias_key), uid))
+    refused = _refusals(client, refusals_key(alias_key), uid)
+    return Explanation(tenant, uid, root, hops, refused, held_link(client, alias_key, uid))
 
 
 def _path(client: redis.Redis, alias_key: str, uid: str) -> list[str]:

@@ -36,6 +36,18 @@ class ChangeOp(StrEnum):
     """A person was erased (``lehnz-stitch forget``): previous_user_id and user_id are empty,
     root is the HMAC (STITCH_TOMBSTONE_KEY) of the erased component's root, field ``ids`` how
     many ids were erased; source_id is the operation's id. No raw id is written."""
+    QUARANTINE = "quarantine"
+    """previous_user_id -> user_id was held, not written (merge protection): fields
+    ``reason`` and ``size`` (the component it would have made); source_id: the identify's."""
+    APPROVE = "approve"
+    """An operator applied a held link (``quarantine approve``): a link like LINK, whose
+    source_id is the operation's id."""
+    REJECT = "reject"
+    """An operator dropped a held link (``quarantine reject``); BLOCK follows with --block."""
+
+
+LINKING = (ChangeOp.LINK, ChangeOp.APPROVE)
+NOT_LINKING = (ChangeOp.BLOCK, ChangeOp.QUARANTINE, ChangeOp.REJECT)
 
 
 class Change(NamedTuple):
@@ -80,7 +92,7 @@ def fold(changes: Iterable[Change]) -> dict[str, dict[str, str]]:
     unlinks; a forget names no ids: see Attribution.erase)."""
     maps: dict[str, dict[str, str]] = {}
     for change in changes:
-        if change.op is ChangeOp.LINK:
+        if change.op in LINKING:
             maps.setdefault(change.tenant, {})[change.previous_user_id] = change.user_id
         elif change.op is ChangeOp.UNLINK:
             maps.get(change.tenant, {}).pop(change.previous_user_id, None)
@@ -107,8 +119,8 @@ class Attribution:
 
     def apply(self, change: Change) -> None:
         tenant, root = change.tenant, change.root
-        if change.op is not ChangeOp.LINK:
-            if change.op is not ChangeOp.BLOCK:
+        if change.op not in LINKING:
+            if change.op not in NOT_LINKING:
                 self.resnapshot.add(tenant)
             return
         moved = self.members.pop((tenant, change.previous_user_id), set())

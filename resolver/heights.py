@@ -9,6 +9,7 @@ else, an older version or by hand: :func:`sync` measures it again from the map i
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
@@ -21,12 +22,14 @@ __all__ = [
     "HEIGHTS_SUFFIX",
     "LINKS_FIELD",
     "SCRATCH_SUFFIX",
+    "SIZES_SUFFIX",
     "MeasureError",
     "Measured",
     "accounted",
     "alias_keys",
     "heights_key",
     "measure",
+    "sizes_key",
     "sync",
 ]
 
@@ -45,8 +48,16 @@ class MeasureError(RuntimeError):
     """The map kept gaining links while it was read: its heights stay as they were."""
 
 
+SIZES_SUFFIX = ":sizes"
+"""Component sizes (resolver/quarantine.py), measured here together with the heights."""
+
+
 def heights_key(alias_key: str) -> str:
     return alias_key + HEIGHTS_SUFFIX
+
+
+def sizes_key(alias_key: str) -> str:
+    return alias_key + SIZES_SUFFIX
 
 
 class Measured(NamedTuple):
@@ -58,6 +69,8 @@ class Measured(NamedTuple):
     """The roots whose trees are deeper than the cap, with their heights."""
     in_cycles: int
     """Ids whose chain has no end (they lead into a cycle someone else wrote)."""
+    sizes: dict[str, int] = {}  # noqa: RUF012 (a NamedTuple default, never mutated)
+    """Ids in each root's component (root included), for roots with incoming links."""
 
 
 def measure(links: Mapping[str, str], max_depth: int) -> Measured:
@@ -91,7 +104,8 @@ def measure(links: Mapping[str, str], max_depth: int) -> Measured:
         if d > heights.get(root_of[uid], 0):
             heights[root_of[uid]] = d
     too_deep = {root: h for root, h in heights.items() if h > max_depth}
-    return Measured(len(links), heights, too_deep, len(looping))
+    sizes = {root: n for root, n in Counter(root_of.values()).items() if n > 1}
+    return Measured(len(links), heights, too_deep, len(looping), sizes)
 
 
 def _chunks(heights: dict[str, int]) -> Iterator[dict[str, int]]:
@@ -101,12 +115,17 @@ def _chunks(heights: dict[str, int]) -> Iterator[dict[str, int]]:
 
 
 def accounted(client: redis.Redis, alias_key: str) -> bool:
-    """True when the heights hash accounts for every link of the map (one round trip)."""
+    """True when the heights hash accounts for every link of the map and sizes exist beside
+    a map with links (a map the link rules kept before sizes existed: measured once more);
+    one round trip."""
     pipe = client.pipeline(transaction=False)
     pipe.hlen(alias_key)
     pipe.hget(heights_key(alias_key), LINKS_FIELD)
-    links, counted = pipe.execute()
-    return int(links) == int(counted or 0)
+    pipe.hlen(sizes_key(alias_key))
+    pipe.hexists(sizes_key(alias_key), LINKS_FIELD)  # the tenant's cap: not a size
+    links, counted, fields, cap = pipe.execute()
+    sized = int(fields) - int(cap)
+    return int(links) == int(counted or 0) and (int(links) == 0 or sized > 0)
 
 
 def sync(
@@ -127,11 +146,17 @@ def sync(
             return None
         links = {decode_id(k): decode_id(v) for k, v in client.hscan_iter(alias_key, count=CHUNK)}
         measured = measure(links, max_depth)
+        skey = sizes_key(alias_key)
+        sizes_scratch = skey + SCRATCH_SUFFIX
         client.delete(scratch)
+        client.delete(sizes_scratch)
         for chunk in _chunks(measured.heights):
             client.hset(scratch, mapping=chunk)  # type: ignore[arg-type]
+        for chunk in _chunks(measured.sizes):
+            client.hset(sizes_scratch, mapping=chunk)  # type: ignore[arg-type]
         swap = client.register_script(MEASURE_LUA)
-        if swap(keys=[alias_key, hkey, scratch], args=[measured.links]) == 1:
+        keys = [alias_key, hkey, scratch, skey, sizes_scratch]
+        if swap(keys=keys, args=[measured.links]) == 1:
             return measured
     raise MeasureError(f"{alias_key} kept changing while it was measured ({attempts} reads)")
 

@@ -31,6 +31,9 @@ class LinkOutcome(StrEnum):
     """An operator unlinked this very link with ``--block``: it is never made again."""
     FORGOTTEN = "forgotten"
     """Either side is an erased id (``forget``): it is never linked again."""
+    QUARANTINED = "quarantined"
+    """The link would grow its target's component past the cap (``STITCH_MAX_COMPONENT_SIZE``
+    or the tenant's own): held in the tenant's quarantine for an operator to decide."""
 
 
 class LinkRules:

@@ -28,6 +28,7 @@ from .heights import heights_key
 from .ids import decode_id, encode_id
 from .links import LinkOutcome, LinkRules
 from .provenance import provenance_key
+from .quarantine import DEFAULT_MAX_COMPONENT_SIZE, quarantine_key, sizes_key
 from .removals import children_key, removals_key, tombstone
 from .scripts import LINK_LUA
 from .walk import End, walk
@@ -68,11 +69,14 @@ class Resolver(Erasing):
         tombstone_key: bytes | None = None,
         changes_key: str | None = None,
         changes_maxlen: int = DEFAULT_CHANGES_MAXLEN,
+        max_component_size: int = DEFAULT_MAX_COMPONENT_SIZE,
     ) -> None:
         self.client = client
         self.key_prefix = key_prefix
         self.cache = cache if cache is not None else AliasCache(cache_size)
         self.max_depth = max_depth
+        self.max_component_size = max_component_size
+        """The size cap for tenants without their own (a held link: ``quarantined``)."""
         self.rules = rules if rules is not None else LinkRules()
         self.too_deep = AliasCache(REFUSAL_MEMORY)
         """prev -> user of links refused as too deep: the refusal is final (heights only
@@ -188,18 +192,19 @@ class Resolver(Erasing):
         )
         source = source_id or f"link:{uuid.uuid4().hex}"
         args: list[Any] = [self.max_depth, previous_user_id, user_id, *macs]
-        args += [source, LIBRARY_CONSUMER, self.changes_maxlen, tenant]
+        args += [source, LIBRARY_CONSUMER, self.changes_maxlen, tenant, self.max_component_size]
         reply = self._link_script(
             keys=[
                 *(key, self.heights_key(tenant), removals_key(key), children_key(key)),
                 *(provenance_key(key), self.changes_key),
+                *(sizes_key(key), quarantine_key(key)),
             ],
             args=args,
         )
         outcome = LinkOutcome(decode_id(reply[0]))
         if outcome is LinkOutcome.APPLIED:
             self.cache.put(tenant, previous_user_id, user_id)
-        elif outcome is LinkOutcome.TOO_DEEP:
+        elif outcome in (LinkOutcome.TOO_DEEP, LinkOutcome.QUARANTINED):
             self.too_deep.put(tenant, previous_user_id, user_id)
         return outcome
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-__all__ = ["FORGET_LUA", "LINK_LUA", "LINK_RULES_LUA", "UNLINK_LUA", "load_lua"]
+__all__ = [
+    "FORGET_LUA",
+    "LINK_LUA",
+    "LINK_RULES_LUA",
+    "QUARANTINE_LUA",
+    "UNLINK_LUA",
+    "load_lua",
+]
 
 
 def load_lua(package: str, name: str) -> str:
@@ -16,3 +23,4 @@ LINK_LUA = LINK_RULES_LUA + load_lua("resolver", "link.lua")
 _REMOVAL = LINK_RULES_LUA + load_lua("resolver", "removal_checks.lua")
 UNLINK_LUA = _REMOVAL + load_lua("resolver", "unlink.lua")
 FORGET_LUA = _REMOVAL + load_lua("resolver", "forget.lua")
+QUARANTINE_LUA = _REMOVAL + load_lua("resolver", "quarantine.lua")

@@ -32,6 +32,10 @@ class AliasModel:
     """(tenant, previous_user_id, user_id) unlinked with block: never linked again."""
     erased: set[tuple[str, str]] = field(default_factory=set)
     """(tenant, id) of forgotten ids (the tombstones)."""
+    size_cap: int = 1000
+    """No link may grow a component (root and every id resolving to it) past this many ids."""
+    held: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    """(tenant, previous_user_id) -> (user_id, source_id) of the first held link of an id."""
 
     def link(self, tenant: str, prev: str, user: str, source: str = "") -> str:
         """Apply identify(prev -> user) in stream order; returns (and counts) the outcome."""
@@ -52,12 +56,15 @@ class AliasModel:
             outcome = "cycle"
         elif self.height(tenant, prev) + len(self.path(tenant, user)) > self.cap:
             outcome = "too_deep"  # prev's deepest id would be height + 1 + depth(user) deep
+        elif self.size(tenant, prev) + self.size(tenant, user) > self.size_cap:
+            outcome = "quarantined"
+            self.held.setdefault((tenant, prev), (user, source))
         else:
             links[prev] = user
             outcome = "applied"
             self.sources[tenant, prev] = source
         self.outcomes[outcome] += 1
-        if outcome not in ("applied", "noop", "forgotten"):
+        if outcome not in ("applied", "noop", "forgotten", "quarantined"):
             self.refused.setdefault(tenant, []).append((source, outcome, prev, user))
         return outcome
 
@@ -85,6 +92,15 @@ class AliasModel:
         root = self.resolve(tenant, uid)
         ids = set(links) | set(links.values()) | {uid}
         return {other for other in ids if self.resolve(tenant, other) == root}
+
+    def size(self, tenant: str, uid: str) -> int:
+        """How many ids uid's component holds."""
+        return len(self.component(tenant, uid))
+
+    def sizes(self, tenant: str) -> dict[str, int]:
+        """root -> component size, for roots with incoming links (the sizes hash's fields)."""
+        links = self.links.get(tenant, {})
+        return {root: self.size(tenant, root) for root in {self.resolve(tenant, u) for u in links}}
 
     def forget(self, tenant: str, uid: str) -> set[str]:
         """Erase uid's component (links, sources, refusals naming it); returns it, or the

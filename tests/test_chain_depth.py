@@ -146,7 +146,23 @@ def test_worker_start_measures_an_over_deep_foreign_map(real_redis: redis.Redis)
 def test_measure_counts_heights_and_cycles() -> None:
     """measure() gives each root its tree height and counts ids that lead into a cycle."""
     links = {"a": "b", "b": "r", "c": "r", "d": "c", "e": "d", "x": "y", "y": "x", "w": "x"}
-    assert measure(links, 2) == Measured(8, {"r": 3}, {"r": 3}, 3)
+    assert measure(links, 2) == Measured(8, {"r": 3}, {"r": 3}, 3, {"r": 6})
+
+
+def test_sync_measures_the_sizes_of_a_map_kept_before_sizes_existed(
+    real_redis: redis.Redis,
+) -> None:
+    """A map whose heights account for every link but that has no sizes (kept by an older
+    version) is measured once: sizes per root, the tenant's own cap kept; then left alone."""
+    resolver = Resolver(real_redis)
+    for prev, user in [("a", "b"), ("c", "b"), ("b", "r"), ("x", "y")]:
+        resolver.link("t1", prev, user)
+    real_redis.delete("alias:t1:sizes")
+    real_redis.hset("alias:t1:sizes", "", 7)
+    result = sync(real_redis, "alias:t1", 16)
+    assert result is not None and result.sizes == {"r": 4, "y": 2}
+    assert real_redis.hgetall("alias:t1:sizes") == {b"r": b"4", b"y": b"2", b"": b"7"}
+    assert sync(real_redis, "alias:t1", 16) is None
 
 
 def test_sync_stays_put_when_heights_account_for_every_link(real_redis: redis.Redis) -> None:

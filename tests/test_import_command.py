@@ -168,14 +168,14 @@ def test_dry_run_decides_as_the_real_run_and_leaves_nothing(
     Redis holds exactly what it held before (no scratch hash left)."""
     monkeypatch.setattr(transfer, "CHUNK", 5)
     c = real_redis
-    c.hset("alias:acme", "u1", "u2")  # an existing link (heights measured by the import)
+    c.hset("alias:acme", "u1", "u2")  # an existing link (heights, sizes measured by the import)
     file = tmp_path / "links.csv"
     file.write_text("".join(f"{p},{u}\n" for p, u in random_rows(2, 300, 30)))
     config = admin(redis_server, max_chain_depth=4)
     keys = sorted(c.keys("*"))
     assert ops.import_links(config, tenant="acme", path=str(file), fmt=None, dry_run=True) == 0
     dry = capsys.readouterr().out
-    assert sorted(c.keys("*")) == [*keys, b"alias:acme:heights"]
+    assert sorted(c.keys("*")) == [*keys, b"alias:acme:heights", b"alias:acme:sizes"]
     assert c.hlen("alias:acme") == 1 and c.xlen(FEED) == 0
     assert ops.import_links(config, tenant="acme", path=str(file), fmt=None, dry_run=False) == 0
     real = capsys.readouterr().out

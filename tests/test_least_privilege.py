@@ -66,6 +66,8 @@ def seed(c: redis.Redis) -> dict[str, str]:
     ids["old"] = add(c, "acme", event("old-anon"))
     c.xgroup_createconsumer(INPUT, GROUP, "idle")
     c.hset("alias:acme:removals", "", 1)  # an unlink happened: identifies check for blocks
+    c.hset("alias:blob:sizes", "", 1)  # a tenant capped at 1 id per component: a link is held
+    ids["held"] = add(c, "blob", identify("shared", "anon-b"))
     return ids
 
 
@@ -96,6 +98,10 @@ def check_outcome(c: redis.Redis, ids: dict[str, str]) -> None:
         b"anon-9": b"cust-1",
     }
     assert c.hgetall("alias:acme:heights") == {b"": b"3", b"cust-1": b"2"}
+    held = c.hgetall("alias:blob:quarantine")
+    assert list(held) == [b"anon-b"]
+    assert held[b"anon-b"].split(b" ")[:2] == [b"shared", ids["held"].encode()]
+    assert c.hgetall("alias:blob") == {}
     assert c.xpending(INPUT, GROUP)["pending"] == 0
     assert [info["name"] for info in c.xinfo_consumers(INPUT, GROUP)] == [CONSUMER.encode()]
 

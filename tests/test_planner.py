@@ -108,9 +108,9 @@ def decode(plan: Plan) -> Commit:
     n_keys = int(args[2])
     assert n_keys == FIXED_KEYS + KEYS_PER_TENANT * len(plan.tenants)
     keys, argv = args[3 : 3 + n_keys], args[3 + n_keys :]
-    fixed, n_verify, n_entries = argv[:9], int(argv[9]), int(argv[10])
-    generations = argv[11 : 11 + len(plan.tenants)]
-    i = 11 + len(plan.tenants)
+    fixed, n_verify, n_entries = argv[:10], int(argv[10]), int(argv[11])
+    generations = argv[12 : 12 + len(plan.tenants)]
+    i = 12 + len(plan.tenants)
     verify: dict[int, set[bytes]] = {}
     for _ in range(n_verify):
         index, count = int(argv[i]), int(argv[i + 1])
@@ -349,10 +349,10 @@ def test_invalid_and_gone_entries() -> None:
 
 def test_packed_layout() -> None:
     """KEYS are the four streams then each tenant's alias, heights, provenance, refusal,
-    removals and children keys in first-seen order; ARGV opens with group, maxlens, depth,
-    the feed's and refusal logs' maxlens, consumer, alias prefix and what to do with forgotten
-    events, then the verify and entry counts, then each tenant's generation ("0" until the
-    script reports another)."""
+    removals, children, sizes and quarantine keys in first-seen order; ARGV opens with group,
+    maxlens, depth, the feed's and refusal logs' maxlens, consumer, alias prefix, what to do
+    with forgotten events and the default max component size, then the verify and entry
+    counts, then each tenant's generation ("0" until the script reports another)."""
     s: Settings = settings(max_chain_depth=9)
     batch = numbered([ev("x", "b"), ev("y", "a"), ev("z", "b")])
     plan = make_planner({"b": {"x": "x"}}, max_chain_depth=9).plan(batch)
@@ -361,9 +361,9 @@ def test_packed_layout() -> None:
     assert commit.keys == [
         *(b"events", b"events:enriched", b"events:dead", b"alias:changes"),
         *(b"alias:b", b"alias:b:heights", b"alias:b:provenance", b"alias:b:refusals"),
-        *(b"alias:b:removals", b"alias:b:children"),
+        *(b"alias:b:removals", b"alias:b:children", b"alias:b:sizes", b"alias:b:quarantine"),
         *(b"alias:a", b"alias:a:heights", b"alias:a:provenance", b"alias:a:refusals"),
-        *(b"alias:a:removals", b"alias:a:children"),
+        *(b"alias:a:removals", b"alias:a:children", b"alias:a:sizes", b"alias:a:quarantine"),
     ]
     assert commit.fixed_args == [
         s.group.encode(),
@@ -375,6 +375,7 @@ def test_packed_layout() -> None:
         s.consumer.encode(),
         b"alias:",
         b"drop",
+        b"1000",
     ]
     assert commit.generations == [b"0", b"0"]
     assert commit.verify == {1: {b"x"}}

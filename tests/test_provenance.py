@@ -112,7 +112,7 @@ def test_explain_gives_the_chain_with_provenance_and_the_refusals(client: redis.
     drain(client, max_chain_depth=3)
     client.hset("alias:acme", "cust-9", "legacy-1")  # by another program: no provenance
     explained = Resolver(client).explain("acme", "anon-1").as_json()
-    assert list(explained) == ["tenant", "id", "root", "hops", "refused"]
+    assert list(explained) == ["tenant", "id", "root", "hops", "refused", "held"]
     hops = explained.pop("hops")
     assert [list(hop) for hop in hops] == [["from", "to", "source_id", "applied_at_ms"]] * 3
     assert [(h["from"], h["to"], h["source_id"]) for h in hops] == [
@@ -130,10 +130,11 @@ def test_explain_gives_the_chain_with_provenance_and_the_refusals(client: redis.
             for p, u, o in LINKS
             if o in ("conflict", "cycle", "too_deep")
         ],
+        "held": None,
     }
     unknown = Resolver(client).explain("acme", "nobody").as_json()
     assert unknown == {"tenant": "acme", "id": "nobody", "root": "nobody", "hops": [],
-                       "refused": []}  # fmt: skip
+                       "refused": [], "held": None}  # fmt: skip
 
 
 def test_library_links_carry_provenance_and_a_feed_entry(client: redis.Redis) -> None:

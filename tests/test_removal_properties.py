@@ -24,6 +24,16 @@ def _map(client: redis.Redis) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in client.hgetall("alias:t").items()}
 
 
+SIZE_CAP = 4
+"""Small enough that some links are held, and apply once an unlink or forget shrank them."""
+
+
+def _sizes_are_exact(client: redis.Redis, model: AliasModel) -> None:
+    """Every link went through the rules (the children index is whole): sizes stay exact."""
+    stored = {k.decode(): int(v) for k, v in client.hgetall("alias:t:sizes").items()}
+    assert stored == model.sizes("t")
+
+
 def _heights_bound_the_map(client: redis.Redis) -> None:
     """Every root's stored height is at least its true height (the depth cap's safety)."""
     stored = {k.decode(): int(v) for k, v in client.hgetall("alias:t:heights").items()}
@@ -52,8 +62,8 @@ def test_dry_runs_list_what_the_operations_change(
     replay: list[tuple[str, str]],
 ) -> None:
     real_redis.flushall()
-    resolver = Resolver(real_redis, max_depth=CAP, tombstone_key=b"k")
-    model = AliasModel(cap=CAP)
+    resolver = Resolver(real_redis, max_depth=CAP, tombstone_key=b"k", max_component_size=SIZE_CAP)
+    model = AliasModel(cap=CAP, size_cap=SIZE_CAP)
     for prev, user in links:
         assert resolver.link("t", prev, user) == model.link("t", prev, user)
     for op, uid in ops:
@@ -74,7 +84,9 @@ def test_dry_runs_list_what_the_operations_change(
         assert done.removed_links == len(before) - len(_map(real_redis))
         assert _map(real_redis) == model.snapshot("t")
         _heights_bound_the_map(real_redis)
+        _sizes_are_exact(real_redis, model)
     for prev, user in replay:
         assert resolver.link("t", prev, user) == model.link("t", prev, user)
     assert _map(real_redis) == model.snapshot("t")
     _heights_bound_the_map(real_redis)
+    _sizes_are_exact(real_redis, model)

@@ -24,10 +24,11 @@ pytestmark = pytest.mark.redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITES = {"HSET", "HDEL", "DEL", "SET", "XACK", "XADD", "XTRIM", "XDEL", "XGROUP", "XCLAIM"}
-WRITES |= {"ZADD", "ZREM", "HINCRBY"}
+WRITES |= {"ZADD", "ZREM", "HINCRBY", "HSETNX"}
 ALIAS = "alias:acme"
 CHANGES, PROVENANCE, REFUSALS = "alias:changes", ALIAS + ":provenance", ALIAS + ":refusals"
 REMOVALS, CHILDREN = ALIAS + ":removals", ALIAS + ":children"
+SIZES, QUARANTINE = ALIAS + ":sizes", ALIAS + ":quarantine"
 LAST_ID = "18446744073709551615-18446744073709551615"
 Batch = dict[str, Any]
 
@@ -55,8 +56,8 @@ def _batch(client: redis.Redis) -> Batch:
         [ids[3], "p", 0, 1, "null", "real"],
     ]
     keys = [INPUT, OUTPUT, DEAD, CHANGES, ALIAS, ALIAS + ":heights", PROVENANCE, REFUSALS]
-    keys += [REMOVALS, CHILDREN]
-    fixed = ["stitch", 100, 100, 32, 100, 100, "c1", "alias:", "drop"]
+    keys += [REMOVALS, CHILDREN, SIZES, QUARANTINE]
+    fixed = ["stitch", 100, 100, 32, 100, 100, "c1", "alias:", "drop", 1000]
     return {"keys": keys, "fixed": fixed, "entries": entries}
 
 
@@ -149,6 +150,15 @@ def _heights_not_hash(client: redis.Redis, batch: Batch) -> None:  # HSET/HDEL h
     client.set(ALIAS + ":heights", "x")
 
 
+def _sizes_not_hash(client: redis.Redis, batch: Batch) -> None:  # HSET/HDEL sizes
+    client.set(SIZES, "x")
+
+
+def _quarantine_not_hash(client: redis.Redis, batch: Batch) -> None:  # HSETNX a held link
+    client.hset(SIZES, "", 1)  # the tenant's cap: 1 id, so the link is held
+    client.set(QUARANTINE, "x")
+
+
 def _out_of_memory(client: redis.Redis, batch: Batch) -> None:  # the first write: OOM
     client.config_set("maxmemory-policy", "noeviction")
     client.config_set("maxmemory", 1)
@@ -175,6 +185,8 @@ FAULTS: list[tuple[str, Callable[[redis.Redis, Batch], None], str]] = [
     ("XTRIM", _bad_refusals_maxlen, "maxlen arguments must be digits"),
     ("HSET", _alias_not_hash, "WRONGTYPE"),
     ("HDEL", _heights_not_hash, "WRONGTYPE"),
+    ("HSET", _sizes_not_hash, "WRONGTYPE"),
+    ("HSETNX", _quarantine_not_hash, "WRONGTYPE alias:acme:quarantine holds a string"),
     ("HSET", _out_of_memory, "command not allowed when used memory"),
 ]
 
@@ -230,20 +242,17 @@ def test_single_write_scripts_write_last() -> None:
     rest = [line.strip() for line in lines[writes[0] + 1 :]]
     assert all(line.startswith(("return", "end")) for line in rest), rest
     link = (ROOT / "resolver/lua/link.lua").read_text().strip().splitlines()
-    [staged] = [n for n, line in enumerate(link) if "write_staged(" in line]
-    assert not _writes("\n".join(link[:staged]))
-    after = [line.strip() for line in link[staged + 1 :]]
-    assert all(
-        _writes(line) or line.startswith(("return", "'user_id'", "if ARGV")) for line in after
-    ), after
+    [clock] = [n for n, line in enumerate(link) if "redis.call('TIME')" in line]
+    assert not _writes("\n".join(link[:clock]))  # every check comes before the clock,
+    assert "write_staged(" in "\n".join(link[clock:])  # every write after it
     writer = LINK_RULES_LUA.index("local function write_staged")
     assert not _writes(LINK_RULES_LUA[:writer])  # the rules read; only write_staged writes
     assert "\nlocal function" not in LINK_RULES_LUA[writer + 1 :]
 
 
-LINK_ARGS = [32, "anon", "real", "", "", "op-1", "test", 100, "acme"]
+LINK_ARGS = [32, "anon", "real", "", "", "op-1", "test", 100, "acme", 1000]
 LINK_KEYS = [ALIAS, ALIAS + ":heights", "alias:acme:removals", "alias:acme:children"]
-LINK_KEYS += ["alias:acme:provenance", "alias:changes"]
+LINK_KEYS += ["alias:acme:provenance", "alias:changes", SIZES, QUARANTINE]
 
 
 def test_link_script_fails_at_its_read_or_its_only_write(real_redis: redis.Redis) -> None:

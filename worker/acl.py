@@ -4,7 +4,7 @@
 found by running the whole suite as that user with an empty ``ACL LOG`` afterwards; commands
 inside its Lua scripts are checked against the same rules, so the scripts' XACK, XADD,
 XTRIM, HSET, TYPE, XINFO STREAM, TIME, XPENDING, XINFO CONSUMERS and XGROUP DELCONSUMER are
-listed too; what it may delete is confined to the heights hashes by an ACL selector.
+listed too; what it may delete is confined to the heights and sizes hashes by an ACL selector.
 ``stitch-admin`` adds what operators and the governance commands need. Both are confined
 to the four keys (patterns) the settings name; ``lehnz-stitch acl`` prints the lines.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from resolver.heights import HEIGHTS_SUFFIX, SCRATCH_SUFFIX
+from resolver.heights import HEIGHTS_SUFFIX, SCRATCH_SUFFIX, SIZES_SUFFIX
 
 from .config import Settings
 
@@ -64,6 +64,8 @@ WORKER_COMMANDS = (
     "+hget",
     "+hmget",
     "+hset",
+    # a held link's entry in the quarantine, the first hold of an id standing (issue 12)
+    "+hsetnx",
     # each link's entry in the children index beside its map; blocks and tombstones (issue 11)
     "+zadd",
     "+hexists",
@@ -136,9 +138,14 @@ def key_patterns(settings: Settings) -> list[str]:
 
 
 def heights_selector(settings: Settings) -> str:
-    """HEIGHTS_COMMANDS on ``<prefix>*:heights`` and its scratch copy, nothing else."""
+    """HEIGHTS_COMMANDS on ``<prefix>*:heights`` and its scratch copy, and on the sizes hashes
+    (a root that gains a parent loses its size too), nothing else."""
     heights = _literal(settings.alias_prefix) + "*" + HEIGHTS_SUFFIX
-    return f"({' '.join(HEIGHTS_COMMANDS)} ~{heights} ~{heights}{SCRATCH_SUFFIX})"
+    sizes = _literal(settings.alias_prefix) + "*" + SIZES_SUFFIX
+    return (
+        f"({' '.join(HEIGHTS_COMMANDS)} ~{heights} ~{heights}{SCRATCH_SUFFIX} ~{sizes} "
+        f"~{sizes}{SCRATCH_SUFFIX})"
+    )
 
 
 def worker_rules(settings: Settings) -> list[str]:

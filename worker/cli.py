@@ -26,7 +26,7 @@ from .deadletters import DeadLetter
 from .errors import BadArgumentError, ConfigError, RedisUnavailableError
 from .explaining import explain as explain_id
 from .logs import configure_logging, get_logger
-from .ops import removal
+from .ops import quarantining, removal
 
 __all__ = ["build_parser", "dead_letters", "main", "settings_from"]
 
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         *_operator_commands(commands),
         *ops.transfer_commands(commands),
         *_removal_commands(commands),
+        *quarantining.quarantine_commands(commands),
     ]
     for sub in (run, resolve, explain, demo, acl, *operators):
         _add_setting_flags(sub)
@@ -247,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command in ("unlink", "forget"):
             return _removal(settings, args)
+        if args.command == "quarantine":
+            return quarantining.quarantine(settings, args)
         from .demo import run_demo  # imports fakeredis lazily: only the demo needs it
 
         return run_demo(settings, args.sample)

@@ -77,7 +77,7 @@ def _learned(flat: list[Any]) -> list[tuple[int, str, str | None]]:
     return learned
 
 
-FINAL_REFUSALS = (b"too_deep", b"blocked", b"forgotten")
+FINAL_REFUSALS = (b"too_deep", b"blocked", b"forgotten", b"quarantined")
 
 
 def _stale(links: list[Any]) -> Stale:

@@ -66,4 +66,10 @@ def render(explanation: Explanation) -> str:
         f"  {r.outcome:<11} {r.previous_user_id} -> {r.user_id}    identify {r.source_id}"
         for r in e.refused
     )
+    if e.held:
+        h = e.held
+        lines.append(
+            f"held ({h.reason}): {h.previous_user_id} -> {h.user_id}    identify {h.source_id}"
+            " (lehnz-stitch quarantine list|approve|reject)"
+        )
     return "\n".join(lines)

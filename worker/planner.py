@@ -18,6 +18,7 @@ from resolver import UNRESOLVED, AliasCache, End, walk
 from resolver.heights import heights_key
 from resolver.links import LinkOutcome, LinkRules
 from resolver.provenance import provenance_key, refusals_key
+from resolver.quarantine import quarantine_key, sizes_key
 from resolver.removals import children_key, removals_key
 from resolver.resolver import REFUSAL_MEMORY
 
@@ -93,7 +94,8 @@ class _Draft:
 
     def tenant_number(self, tenant: str, key_prefix: str) -> int:
         """The tenant's ordinal in the commit: its alias hash, heights hash, provenance hash
-        refusal log, removals hash and children index are the KEYS_PER_TENANT keys at
+        refusal log, removals hash, children index, sizes hash and quarantine are the
+        KEYS_PER_TENANT keys at
         KEYS[FIXED_KEYS + KEYS_PER_TENANT * (n - 1) + 1..]."""
         number = self.tenants.get(tenant)
         if number is None:
@@ -106,6 +108,8 @@ class _Draft:
                     refusals_key(alias_key),
                     removals_key(alias_key),
                     children_key(alias_key),
+                    sizes_key(alias_key),
+                    quarantine_key(alias_key),
                 )
             )
             number = self.tenants[tenant] = len(self.tenants) + 1
@@ -291,7 +295,7 @@ class Planner:
         elif user_end == prev:
             expect = REFUSED  # would close a cycle
         elif self.too_deep.get(tenant, prev) == user:
-            expect = REFUSED  # refused as too deep before: heights only grow, so it still is
+            expect = REFUSED  # refused for good before (too deep, held: see learn_stale)
         else:
             expect = APPLIES
             draft.assume(tenant, prev, user)

@@ -30,10 +30,10 @@ FIXED_KEYS = 4
 KEYS_PER_TENANT keys per tenant of the batch follow, addressed by the tenant's ordinal n (see
 commit.lua)."""
 
-KEYS_PER_TENANT = 6
+KEYS_PER_TENANT = 8
 """A tenant's alias hash, its heights hash (resolver/heights.py), its provenance hash and its
 refusal log (resolver/provenance.py), its removals hash and children index
-(resolver/removals.py)."""
+(resolver/removals.py), its sizes hash and quarantine (resolver/quarantine.py)."""
 
 COMMIT_LUA = (
     f"local FIXED_KEYS, KEYS_PER_TENANT = {FIXED_KEYS}, {KEYS_PER_TENANT}\n"
@@ -71,6 +71,7 @@ class CommitCommand:
             settings.consumer,
             settings.alias_prefix,
             settings.forgotten_events,
+            settings.max_component_size,
         )
 
     def pack(

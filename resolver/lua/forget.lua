@@ -4,7 +4,8 @@
 -- the generation is bumped and one `forget` entry (no raw ids) is appended to the change feed.
 --
 -- KEYS: alias hash, heights hash, provenance hash, refusal log, removals hash, children
---   index, change feed
+--   index, change feed, sizes hash, quarantine hash (the held links of erased ids go too;
+--   held links whose user_id is erased stay, and approving one is refused: forgotten)
 -- ARGV: id, op id, reason ('' for none), tenant, change feed maxlen, dry run ('1' | '0'),
 --   the refusal-log id the caller's scan ended at ('0': it read nothing), n, then n x
 --   (member, its HMAC): the component as the caller found it (its root first), then the
@@ -14,13 +15,15 @@
 -- written; find it again), else {3, members erased, links removed, log entries deleted}.
 local key, hkey, pkey, log, rkey, ckey, changes =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local skey, qkey = KEYS[8], KEYS[9]
 local id, op_id, reason, tenant, changes_maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local dry, scanned_to, n = ARGV[6] == '1', ARGV[7], tonumber(ARGV[8])
 
 local err = first_error(wrong_type(key, 'hash'), wrong_type(hkey, 'hash'),
                         wrong_type(pkey, 'hash'), wrong_type(log, 'stream'),
                         wrong_type(rkey, 'hash'), wrong_type(ckey, 'zset'),
-                        wrong_type(changes, 'stream'))
+                        wrong_type(changes, 'stream'), wrong_type(skey, 'hash'),
+                        wrong_type(qkey, 'hash'))
 if err then return redis.error_reply(err) end
 if not string.find(changes_maxlen, '^%d+$') then
   return redis.error_reply('ERR maxlen arguments must be digits')
@@ -75,6 +78,8 @@ for _, m in ipairs(members) do
   end
   redis.call('HDEL', pkey, m)
   redis.call('HDEL', hkey, m)
+  redis.call('HDEL', skey, m)
+  redis.call('HDEL', qkey, m)
   redis.call('HSET', rkey, 't' .. given[m], op_id)
 end
 local count = tonumber(redis.call('HGET', hkey, ''))

@@ -1,12 +1,14 @@
 -- KEYS[1] alias hash, KEYS[2] its heights hash, KEYS[3] its removals hash, KEYS[4] its
--- children index, KEYS[5] its provenance hash, KEYS[6] the change feed;
+-- children index, KEYS[5] its provenance hash, KEYS[6] the change feed, KEYS[7] its sizes
+-- hash, KEYS[8] its quarantine hash;
 -- ARGV: max_depth, previous_user_id, user_id, the tombstone HMACs of both ids ('' when the
 -- caller has no STITCH_TOMBSTONE_KEY), source id (the operation's id), who applied it,
--- the feed's maxlen, tenant.
+-- the feed's maxlen, tenant, the default max component size.
 -- Atomically applies one link under the forest rules, with its provenance and its feed
--- entry as the worker writes them; returns {outcome, current_target}. Everything that can
--- fail (a key of the wrong type, a missing tombstone key, a feed out of ids) fails before
--- the first write.
+-- entry as the worker writes them, or holds it in the quarantine (the first hold of an id
+-- stands) with a `quarantine` feed entry; returns {outcome, current_target}. Everything
+-- that can fail (a key of the wrong type, a missing tombstone key, a feed out of ids) fails
+-- before the first write.
 local LAST_ID = '18446744073709551615-18446744073709551615'
 local meta = redis.call('HMGET', KEYS[3], '', '#')
 if tonumber(meta[2] or '0') > 0 and (ARGV[4] == '' or ARGV[5] == '') then
@@ -19,29 +21,42 @@ end
 local rkey = nil
 if (meta[1] or '0') ~= '0' then rkey = KEYS[3] end
 local pending = {}
-local outcome, current, root, height, prev_height =
+local outcome, current, root, height, prev_height, size =
   decide_link(KEYS[1], KEYS[2], ARGV[2], ARGV[3], tonumber(ARGV[1]), pending, rkey, ARGV[4],
-              ARGV[5])
-if outcome ~= 'applied' then return {outcome, current or false} end
-local kinds = {}
-for k, want in pairs({[4] = 'zset', [5] = 'hash', [6] = 'stream'}) do
-  kinds[k] = redis.call('TYPE', KEYS[k])['ok']
-  if kinds[k] ~= want and kinds[k] ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kinds[k] .. ', not a ' ..
+              ARGV[5], KEYS[7], size_cap(KEYS[7], ARGV[10]))
+if outcome ~= 'applied' and outcome ~= 'quarantined' then return {outcome, current or false} end
+
+local writes = {[6] = 'stream', [8] = 'hash'}
+if outcome == 'applied' then writes = {[4] = 'zset', [5] = 'hash', [6] = 'stream'} end
+for k, want in pairs(writes) do
+  local kind = redis.call('TYPE', KEYS[k])['ok']
+  if kind ~= want and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a ' ..
                              want)
   end
-end
-if kinds[6] == 'stream' then
-  local info = redis.call('XINFO', 'STREAM', KEYS[6])
-  for f = 1, #info, 2 do
-    if info[f] == 'last-generated-id' and info[f + 1] == LAST_ID then
-      return redis.error_reply('ERR ' .. KEYS[6] .. ' has handed out the last possible id')
+  if kind == 'stream' then
+    local info = redis.call('XINFO', 'STREAM', KEYS[k])
+    for f = 1, #info, 2 do
+      if info[f] == 'last-generated-id' and info[f + 1] == LAST_ID then
+        return redis.error_reply('ERR ' .. KEYS[k] .. ' has handed out the last possible id')
+      end
     end
   end
 end
 local now = redis.call('TIME')
 local stamp = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
-stage_link(KEYS[1], KEYS[2], KEYS[4], ARGV[2], ARGV[3], root, height, prev_height, pending)
+
+if outcome == 'quarantined' then
+  if redis.call('HSETNX', KEYS[8], ARGV[2], ARGV[3] .. ' ' .. ARGV[6] .. ' ' .. stamp ..
+                ' size') == 1 then
+    redis.call('XADD', KEYS[6], '*', 'tenant', ARGV[9], 'op', 'quarantine', 'previous_user_id',
+               ARGV[2], 'user_id', ARGV[3], 'root', root, 'source_id', ARGV[6],
+               'reason', 'size', 'size', size)
+  end
+  return {outcome, false}
+end
+stage_link(KEYS[1], KEYS[2], KEYS[4], ARGV[2], ARGV[3], root, height, prev_height, pending,
+           KEYS[7], size)
 write_staged(pending)
 redis.call('HSET', KEYS[5], ARGV[2], ARGV[6] .. ' ' .. stamp .. ' ' .. ARGV[7])
 redis.call('XADD', KEYS[6], '*', 'tenant', ARGV[9], 'op', 'link', 'previous_user_id', ARGV[2],

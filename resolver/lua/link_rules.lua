@@ -15,6 +15,13 @@
 -- unlink and forget walk, and the removals hash (alias key + ':removals': the generation,
 -- blocks and tombstones; see resolver/removals.py) the rules consult for tenants that ever
 -- had a removal.
+--
+-- And the sizes hash (alias key + ':sizes'): for every root with incoming links, how many ids
+-- its component holds (the root included; a root without links holds 1), and under the field
+-- '' the tenant's own cap (STITCH_MAX_COMPONENT_SIZE overridden by `quarantine set-limit`).
+-- A link adds prev's component to the target root's: one HGET per side, whatever the size.
+-- A link that would grow a component past the cap is 'quarantined' (held, not written here:
+-- the caller records it in the quarantine hash, alias key + ':quarantine').
 
 local function child_member(user, prev)
   return #user .. ':' .. user .. prev
@@ -44,6 +51,20 @@ local function link_target(key, id, pending)
   return nil
 end
 
+local function size_of(skey, root, pending)
+  local staged = pending[skey]
+  if staged then
+    local v = staged[root]
+    if v ~= nil then return v or 1 end
+  end
+  return tonumber(redis.call('HGET', skey, root)) or 1
+end
+
+-- the tenant's cap: its override in the sizes hash, else the caller's default
+local function size_cap(skey, default)
+  return tonumber(redis.call('HGET', skey, '')) or tonumber(default)
+end
+
 local function height_of(hkey, root, pending)
   local staged = pending[hkey]
   if staged then
@@ -53,10 +74,13 @@ local function height_of(hkey, root, pending)
   return tonumber(redis.call('HGET', hkey, root)) or 0
 end
 
--- Returns 'applied' | 'noop' | 'forgotten' | 'blocked' | 'conflict' | 'cycle' | 'too_deep',
--- then the existing target on conflict; on 'applied' also user's root, the root's new height
--- (false: unchanged) and prev's height. rkey, hprev, huser: see removed_by.
-local function decide_link(key, hkey, prev, user, max_depth, pending, rkey, hprev, huser)
+-- Returns 'applied' | 'noop' | 'forgotten' | 'blocked' | 'conflict' | 'cycle' | 'too_deep' |
+-- 'quarantined', then the existing target on conflict; on 'applied' (and 'quarantined') also
+-- user's root, the root's new height (false: unchanged), prev's height and the component's
+-- new size. rkey, hprev, huser: see removed_by. skey: the sizes hash; max_size: the cap
+-- (nil: none, as for an operator's approve).
+local function decide_link(key, hkey, prev, user, max_depth, pending, rkey, hprev, huser, skey,
+                           max_size)
   if prev == user then return 'noop' end
   local removed = removed_by(rkey, prev, user, hprev, huser)
   if removed then return removed end
@@ -84,7 +108,11 @@ local function decide_link(key, hkey, prev, user, max_depth, pending, rkey, hpre
   local height = prev_height + 1 + depth
   if height > max_depth then return 'too_deep' end
   if height_of(hkey, node, pending) >= height then height = false end
-  return 'applied', nil, node, height, prev_height
+  local size = size_of(skey, node, pending) + size_of(skey, prev, pending)
+  if max_size and size > max_size then
+    return 'quarantined', nil, node, height, prev_height, size
+  end
+  return 'applied', nil, node, height, prev_height, size
 end
 
 local COUNTS = {}  -- tables as keys: no key name can collide with them
@@ -99,8 +127,10 @@ local function stage(pending, key, field, value)
   staged[field] = value
 end
 
-local function stage_link(key, hkey, ckey, prev, user, root, height, prev_height, pending)
+local function stage_link(key, hkey, ckey, prev, user, root, height, prev_height, pending,
+                          skey, size)
   stage(pending, key, prev, user)
+  stage(pending, skey, root, size)
   local children = pending[CHILDREN]
   if not children then
     children = {}
@@ -109,7 +139,10 @@ local function stage_link(key, hkey, ckey, prev, user, root, height, prev_height
   children[#children + 1] = ckey
   children[#children + 1] = child_member(user, prev)
   if height then stage(pending, hkey, root, height) end
-  if prev_height > 0 then stage(pending, hkey, prev, false) end  -- no longer a root
+  if prev_height > 0 then  -- no longer a root (a root without links has neither field)
+    stage(pending, hkey, prev, false)
+    stage(pending, skey, prev, false)
+  end
   local counts = pending[COUNTS]
   if not counts then
     counts = {}

@@ -12,14 +12,18 @@
 --    each with its provenance and its change-feed entry (a link is written at most once: the
 --    first link of an id stands, so a redelivered identify is a noop and adds nothing), then
 --    XACK every entry and emit (or log a refused identify) only where XACK returned 1, so a
---    redelivered or doubly claimed entry is never emitted or logged twice.
+--    redelivered or doubly claimed entry is never emitted or logged twice. A link the size cap
+--    holds ('quarantined') is written to the tenant's quarantine (HSETNX: the first hold of an
+--    id stands) with a `quarantine` feed entry, likewise only where XACK returned 1.
 --
 -- KEYS: the FIXED_KEYS streams (input, output, dead-letter, change feed), then
 --   KEYS_PER_TENANT keys per tenant n: its alias hash, heights hash, provenance hash,
---   refusal log, removals hash and children index (both constants are prepended by
+--   refusal log, removals hash, children index, sizes hash and quarantine hash (both
+--   constants are prepended by
 --   worker/scripts.py; see alias_key below).
 -- ARGV: group, output maxlen, dead maxlen, max chain depth, change feed maxlen, refusal log
---   maxlen, consumer, alias key prefix, forgotten events ('drop' | 'pass'), n_verify,
+--   maxlen, consumer, alias key prefix, forgotten events ('drop' | 'pass'), the default
+--   max component size (a tenant's own, in its sizes hash, wins), n_verify,
 --   n_entries, then
 --   one generation per tenant n, in order ('0' for a tenant that never had a removal)
 --   n_verify groups: (tenant n, count, ids...)   roots the worker relied on
@@ -63,9 +67,10 @@ local group, out_maxlen, dead_maxlen = ARGV[1], ARGV[2], ARGV[3]
 local max_depth = tonumber(ARGV[4])
 local changes_maxlen, refusals_maxlen, consumer, prefix = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local drop_forgotten = ARGV[9] == 'drop'
-local n_verify, n_entries = tonumber(ARGV[10]), tonumber(ARGV[11])
+local default_size = ARGV[10]
+local n_verify, n_entries = tonumber(ARGV[11]), tonumber(ARGV[12])
 local n_tenants = (#KEYS - FIXED_KEYS) / KEYS_PER_TENANT
-local i = 12 + n_tenants
+local i = 13 + n_tenants
 local CHUNK = 4000  -- stays well below Lua's unpack() limit
 local MAX_VALUES = 4000  -- 2,000 field pairs per entry; the worker's STITCH_MAX_FIELDS <= 1,000
 local LAST_ID = '18446744073709551615-18446744073709551615'
@@ -113,13 +118,28 @@ end
 local function children_key(n)
   return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 6]
 end
+local function sizes_key(n)
+  return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 7]
+end
+local function quarantine_key(n)
+  return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 8]
+end
+local caps = {}  -- tenant n -> its max component size, read once per call
+local function cap_of(n)
+  local cap = caps[n]
+  if not cap then
+    cap = size_cap(sizes_key(n), default_size)
+    caps[n] = cap
+  end
+  return cap
+end
 
 -- tenant n -> its removals hash, for tenants that ever had a removal (the rest pay nothing)
 local guarded, stale_generations = {}, {}
 for n = 1, n_tenants do
   local meta = redis.call('HMGET', removals_key(n), '', '#')
   local generation = meta[1] or '0'
-  if generation ~= ARGV[11 + n] then
+  if generation ~= ARGV[12 + n] then
     stale_generations[#stale_generations + 1] = {n, generation, meta[2] or '0'}
   end
   if generation ~= '0' then guarded[tostring(n)] = removals_key(n) end
@@ -155,6 +175,7 @@ local REFUSED = {conflict = true, cycle = true, too_deep = true, blocked = true}
 local pending, learned, dropped = {}, {}, {}
 local applied = {}  -- {tenant n, prev, user, root after the link, source id} per link written
 local refusals = {}  -- entry ordinal -> {tenant n, outcome, prev, user}: logged if acked
+local held, n_held = {}, 0  -- entry ordinal -> {tenant n, prev, user, root, size}: if acked
 
 -- Resolve to the true end of the chain, with the batch's earlier links; no depth cap, so the
 -- answer never depends on what the worker's cache had compressed. A foreign cycle resolves
@@ -200,12 +221,17 @@ for n = 1, n_entries do
     local key = alias_key(index)
     local prev, user, expect = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
     local hkey = heights_key(index)
-    local outcome, current, root, height, prev_height =
+    local skey = sizes_key(index)
+    local outcome, current, root, height, prev_height, size =
       decide_link(key, hkey, prev, user, max_depth, pending, guarded[index], ARGV[a + 4],
-                  ARGV[a + 5])
+                  ARGV[a + 5], skey, cap_of(index))
     if outcome == 'applied' then
-      stage_link(key, hkey, children_key(index), prev, user, root, height, prev_height, pending)
+      stage_link(key, hkey, children_key(index), prev, user, root, height, prev_height, pending,
+                 skey, size)
       applied[#applied + 1] = {index, prev, user, root, ARGV[i]}
+    elseif outcome == 'quarantined' then
+      held[n] = {index, prev, user, root, size}
+      n_held = n_held + 1
     elseif REFUSED[outcome] then
       refusals[n] = {index, outcome, prev, user}
     end
@@ -272,8 +298,12 @@ local function check(key, kind)
   end
   return stream_error(key, true)
 end
-if #applied > 0 then
+if #applied > 0 or n_held > 0 then
   local err = check(changes, 'stream')
+  if err then return redis.error_reply(err) end
+end
+for _, hold in pairs(held) do
+  local err = check(quarantine_key(hold[1]), 'hash')
   if err then return redis.error_reply(err) end
 end
 for _, link in ipairs(applied) do
@@ -286,7 +316,7 @@ for _, refusal in pairs(refusals) do
 end
 
 local stamp  -- ' <applied ms> <consumer>'; TIME before the first write (an ACL refuses it)
-if #applied > 0 then
+if #applied > 0 or n_held > 0 then
   local now = redis.call('TIME')
   stamp = ' ' .. now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000)) ..
           ' ' .. consumer
@@ -301,9 +331,6 @@ if #applied > 0 then
     redis.call('XADD', changes, '*', 'tenant', string.sub(alias_key(index), #prefix + 1),
                'op', 'link', 'previous_user_id', prev, 'user_id', user, 'root', root,
                'source_id', source)
-  end
-  if changes_maxlen ~= '0' then
-    redis.call('XTRIM', changes, 'MAXLEN', '~', changes_maxlen)
   end
 end
 
@@ -323,6 +350,7 @@ local function xadd(stream, first, n, ...)
 end
 
 local emitted, dead_lettered, duplicates, logged = 0, 0, {}, {}
+local fed = #applied > 0
 i = start
 for n = 1, n_entries do
   local id, action, n_fields = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
@@ -344,6 +372,15 @@ for n = 1, n_entries do
                  'previous_user_id', refusal[3], 'user_id', refusal[4])
       logged[log] = true
     end
+    local hold = held[n]
+    -- ' <ms> <consumer>' -> ' <ms>'; the first hold of prev stands (redelivered: no-op)
+    if hold and redis.call('HSETNX', quarantine_key(hold[1]), hold[2],
+                           hold[3] .. ' ' .. id .. string.match(stamp, '^ %d+') .. ' size') == 1 then
+      redis.call('XADD', changes, '*', 'tenant', string.sub(alias_key(hold[1]), #prefix + 1),
+                 'op', 'quarantine', 'previous_user_id', hold[2], 'user_id', hold[3],
+                 'root', hold[4], 'source_id', id, 'reason', 'size', 'size', hold[5])
+      fed = true
+    end
   else
     duplicates[#duplicates + 1] = n
   end
@@ -356,6 +393,9 @@ if emitted > 0 and out_maxlen ~= '0' then
 end
 if dead_lettered > 0 and dead_maxlen ~= '0' then
   redis.call('XTRIM', dead, 'MAXLEN', '~', dead_maxlen)
+end
+if fed and changes_maxlen ~= '0' then
+  redis.call('XTRIM', changes, 'MAXLEN', '~', changes_maxlen)
 end
 if refusals_maxlen ~= '0' then
   for log in pairs(logged) do

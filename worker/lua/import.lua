@@ -4,14 +4,17 @@
 -- the earlier rows' links), then written whole or refused whole with nothing written.
 --
 -- KEYS: alias hash, its heights hash, its provenance hash, the change feed, its removals hash
---   (blocks, tombstones), its children index, and for a dry run the two scratch hashes
---   standing in for the alias and heights hashes (see below).
+--   (blocks, tombstones), its children index, its sizes hash, its quarantine hash, and for
+--   a dry run the three scratch hashes standing in for the alias, heights and sizes hashes
+--   (see below).
 -- ARGV: mode ('apply' or 'dry'), max chain depth, change feed maxlen, tenant, consumer
---   (written into provenance), source id prefix ('import:<file sha>:'), n, then n x
+--   (written into provenance), source id prefix ('import:<file sha>:'), n, the default max
+--   component size, then n x
 --   (line, previous_user_id, user_id, applied_at_ms or '' for Redis's clock, tombstone HMAC
 --   of previous_user_id, of user_id: '' without STITCH_TOMBSTONE_KEY).
 -- Returns the outcome of each row: 'applied' | 'noop' | 'forgotten' | 'blocked' |
--- 'conflict' | 'cycle' | 'too_deep'.
+-- 'conflict' | 'cycle' | 'too_deep' | 'quarantined' (held in the quarantine hash, as the
+-- worker holds it, with a `quarantine` feed entry; a dry run only reports it).
 --
 -- A dry run writes nothing to the four keys: it stages the links it would apply in the
 -- scratch hashes (expiring after an hour) and reads them before the real ones, so that a
@@ -22,7 +25,7 @@
 -- (HGET) before any write; Redis refuses only a script's first write when out of memory.
 
 local alias, heights, provenance, changes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local removals, children = KEYS[5], KEYS[6]
+local removals, children, sizes, quarantine = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local mode, max_depth, changes_maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local tenant, consumer, source_prefix, n = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
 local LAST_ID = '18446744073709551615-18446744073709551615'
@@ -31,7 +34,7 @@ local dry = mode == 'dry'
 if not string.find(changes_maxlen, '^%d+$') then
   return redis.error_reply('ERR maxlen arguments must be digits')
 end
-for _, key in ipairs({alias, heights, provenance, removals}) do
+for _, key in ipairs({alias, heights, provenance, removals, sizes, quarantine}) do
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= 'hash' and kind ~= 'none' then
     return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a hash')
@@ -46,7 +49,7 @@ end
 local meta = redis.call('HMGET', removals, '', '#')
 local rkey = nil
 if (meta[1] or '0') ~= '0' then rkey = removals end
-if tonumber(meta[2] or '0') > 0 and n > 0 and ARGV[8 + 4] == '' then
+if tonumber(meta[2] or '0') > 0 and n > 0 and ARGV[9 + 4] == '' then
   return redis.error_reply('ERR ' .. alias .. ' has tombstones: importing needs ' ..
                            'STITCH_TOMBSTONE_KEY to check them')
 end
@@ -54,36 +57,46 @@ end
 local pending = {}
 if dry then
   -- the scratch hashes answer first: raw fields (this chunk) win, then __index
-  local shadow_links, shadow_heights = KEYS[7], KEYS[8]
+  local shadow_links, shadow_heights, shadow_sizes = KEYS[9], KEYS[10], KEYS[11]
   pending[alias] = setmetatable({}, {__index = function(_, id)
     return redis.call('HGET', shadow_links, id) or nil
   end})
   pending[heights] = setmetatable({}, {__index = function(_, root)
     return tonumber(redis.call('HGET', shadow_heights, root)) or nil
   end})
+  pending[sizes] = setmetatable({}, {__index = function(_, root)
+    return tonumber(redis.call('HGET', shadow_sizes, root)) or nil
+  end})
 end
+local cap = size_cap(sizes, ARGV[8])
 
-local outcomes, applied = {}, {}
-local i = 8
+local outcomes, applied, held = {}, {}, {}
+local i = 9
 for r = 1, n do
   local prev, user = ARGV[i + 1], ARGV[i + 2]
-  local outcome, _, root, height, prev_height =
-    decide_link(alias, heights, prev, user, max_depth, pending, rkey, ARGV[i + 4], ARGV[i + 5])
+  local outcome, _, root, height, prev_height, size =
+    decide_link(alias, heights, prev, user, max_depth, pending, rkey, ARGV[i + 4], ARGV[i + 5],
+                sizes, cap)
   if outcome == 'applied' then
-    stage_link(alias, heights, children, prev, user, root, height, prev_height, pending)
+    stage_link(alias, heights, children, prev, user, root, height, prev_height, pending, sizes,
+               size)
     applied[#applied + 1] = {prev, user, root, source_prefix .. ARGV[i], ARGV[i + 3]}
+  elseif outcome == 'quarantined' then
+    held[#held + 1] = {prev, user, root, source_prefix .. ARGV[i], size}
   end
   outcomes[r] = outcome
   i = i + 6
 end
 
 if dry then
-  local targets = {[alias] = KEYS[7], [heights] = KEYS[8]}  -- the children index: not read
+  local targets = {[alias] = KEYS[9], [heights] = KEYS[10], [sizes] = KEYS[11]}
+  -- (the children index: not read)
   for key, staged in pairs(pending) do
     local target = targets[key]
     if target then
       for field, value in pairs(staged) do
-        redis.call('HSET', target, field, value or '0')  -- false: prev is no longer a root
+        -- false: prev is no longer a root (0 reads as "none" for heights; sizes: see below)
+        redis.call('HSET', target, field, value or '0')
       end
       redis.call('PEXPIRE', target, 3600000)
     end
@@ -91,7 +104,7 @@ if dry then
   return outcomes
 end
 
-if #applied == 0 then return outcomes end
+if #applied == 0 and #held == 0 then return outcomes end
 
 local kind = redis.call('TYPE', changes)['ok']
 if kind == 'stream' then
@@ -114,6 +127,15 @@ for _, link in ipairs(applied) do
   redis.call('HSET', provenance, prev, source .. ' ' .. at .. ' ' .. consumer)
   redis.call('XADD', changes, '*', 'tenant', tenant, 'op', 'link', 'previous_user_id', prev,
              'user_id', user, 'root', root, 'source_id', source)
+end
+for _, hold in ipairs(held) do
+  local prev, user, root, source, size = hold[1], hold[2], hold[3], hold[4], hold[5]
+  if redis.call('HSETNX', quarantine, prev, user .. ' ' .. source .. ' ' .. now_ms .. ' size')
+      == 1 then
+    redis.call('XADD', changes, '*', 'tenant', tenant, 'op', 'quarantine', 'previous_user_id',
+               prev, 'user_id', user, 'root', root, 'source_id', source, 'reason', 'size',
+               'size', size)
+  end
 end
 if changes_maxlen ~= '0' then
   redis.call('XTRIM', changes, 'MAXLEN', '~', changes_maxlen)

@@ -32,7 +32,8 @@ IMPORT_EXAMPLE = f"""examples:
 Rows: previous_user_id,user_id[,timestamp] (a header row naming the columns is optional;
 JSON lines: objects with those keys); the timestamp, milliseconds or ISO 8601, becomes the
 link's applied_at. Each row goes through the worker's link rules in file order (first link
-wins; cycles, over-deep chains and placeholders refused), 1,000 rows per Lua script, applied
+wins; cycles, over-deep chains and placeholders refused, links past the size cap held in
+the quarantine), 1,000 rows per Lua script, applied
 whole or not at all, each applied link with its provenance (source id
 import:<file sha256>:<line>) and a change-feed entry. Re-running a file changes nothing.
 Rows that do not parse are reported on stderr by line. --dry-run decides every row against

@@ -1,0 +1,136 @@
+"""Merge protection: component sizes, the size cap and the quarantine of held links.
+
+Beside each alias map (see ``lua/link_rules.lua``):
+
+- ``<alias key>:sizes`` (hash): for every root with incoming links, how many ids its
+  component holds (root included), kept atomically with every link, unlink, forget and
+  approve at a cost proportional to chain depth; under ``""`` (never an id) the tenant's own
+  cap, set with ``quarantine set-limit``.
+- ``<alias key>:quarantine`` (hash): ``previous_user_id -> "user_id source_id ms reason"``
+  for every held link (the first hold of an id stands). ``user_id`` may hold spaces; the
+  other three never do, so the value splits from the right.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import redis
+
+from .heights import SIZES_SUFFIX, heights_key, sizes_key
+from .ids import decode_id, encode_id
+from .provenance import provenance_key
+from .removals import GENERATION_FIELD, children_key, removals_key, tombstone
+from .scripts import QUARANTINE_LUA
+
+__all__ = [
+    "CAP_FIELD",
+    "DEFAULT_MAX_COMPONENT_SIZE",
+    "QUARANTINE_SUFFIX",
+    "SIZES_SUFFIX",
+    "Decision",
+    "Held",
+    "decide",
+    "held_link",
+    "held_links",
+    "quarantine_key",
+    "set_limit",
+    "size_cap",
+    "sizes_key",
+]
+
+QUARANTINE_SUFFIX = ":quarantine"
+CAP_FIELD = ""
+DEFAULT_MAX_COMPONENT_SIZE = 1000
+
+
+def quarantine_key(alias_key: str) -> str:
+    return alias_key + QUARANTINE_SUFFIX
+
+
+class Held(NamedTuple):
+    previous_user_id: str
+    user_id: str
+    source_id: str
+    held_at_ms: int
+    reason: str
+
+    def as_json(self) -> dict[str, Any]:
+        return self._asdict()
+
+
+def _parse(prev: bytes, value: bytes) -> Held:
+    user, source, at, reason = decode_id(value).rsplit(" ", 3)
+    return Held(decode_id(prev), user, source, int(at), reason)
+
+
+def held_links(client: redis.Redis, alias_key: str) -> list[Held]:
+    """Every held link of a tenant, oldest first."""
+    raw: Any = client.hgetall(quarantine_key(alias_key))
+    return sorted((_parse(k, v) for k, v in raw.items()), key=lambda h: h.held_at_ms)
+
+
+def held_link(client: redis.Redis, alias_key: str, prev: str) -> Held | None:
+    raw: Any = client.hget(quarantine_key(alias_key), encode_id(prev))
+    return None if raw is None else _parse(encode_id(prev), raw)
+
+
+def size_cap(client: redis.Redis, alias_key: str, default: int) -> int:
+    raw: Any = client.hget(sizes_key(alias_key), CAP_FIELD)
+    return default if raw is None else int(raw)
+
+
+def set_limit(client: redis.Redis, alias_key: str, limit: int) -> None:
+    """A tenant's own cap; bumps the generation so every worker forgets the holds it predicts."""
+    pipe = client.pipeline(transaction=False)  # the cap first, then the generation
+    pipe.hset(sizes_key(alias_key), CAP_FIELD, limit)
+    pipe.hincrby(removals_key(alias_key), GENERATION_FIELD, 1)
+    pipe.execute()
+
+
+class Decision(NamedTuple):
+    outcome: str
+    """approve: 'applied' | 'noop' | the rule that refuses it now; reject: 'rejected';
+    'missing': nothing is held for that id."""
+    user_id: str | None
+    root: str | None
+
+
+def decide(
+    client: redis.Redis,
+    alias_key: str,
+    tenant: str,
+    prev: str,
+    mode: str,
+    *,
+    op_id: str,
+    consumer: str,
+    changes_key: str,
+    changes_maxlen: int,
+    max_depth: int,
+    tombstone_key: bytes | None,
+) -> Decision:
+    """approve, reject or reject-block the link held for ``prev`` (lua/quarantine.lua)."""
+    raw: Any = client.hget(quarantine_key(alias_key), encode_id(prev))
+    if raw is None:
+        return Decision("missing", None, None)
+    user = _parse(encode_id(prev), raw).user_id
+    macs = ["", ""]
+    if tombstone_key:
+        macs = [tombstone(tombstone_key, prev), tombstone(tombstone_key, user)]
+    keys = [
+        alias_key,
+        heights_key(alias_key),
+        provenance_key(alias_key),
+        removals_key(alias_key),
+        children_key(alias_key),
+        sizes_key(alias_key),
+        quarantine_key(alias_key),
+        changes_key,
+    ]
+    args: list[Any] = [mode, encode_id(prev), max_depth, op_id, tenant, consumer, changes_maxlen]
+    args.extend(macs)
+    reply: Any = client.register_script(QUARANTINE_LUA)(keys=keys, args=[*args, encode_id(user)])
+    if len(reply) == 1:
+        return Decision("missing", None, None)
+    return Decision(decode_id(reply[0]), decode_id(reply[1]), decode_id(reply[2]))
