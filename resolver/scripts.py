@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.resources import files
 
 __all__ = [
+    "CHECKS_LUA",
     "FORGET_LUA",
     "LINK_LUA",
     "LINK_RULES_LUA",
@@ -18,7 +19,8 @@ def load_lua(package: str, name: str) -> str:
     return (files(package) / "lua" / name).read_text(encoding="utf-8")
 
 
-LINK_RULES_LUA = load_lua("resolver", "link_rules.lua")
+CHECKS_LUA = load_lua("resolver", "checks.lua")
+LINK_RULES_LUA = CHECKS_LUA + load_lua("resolver", "link_rules.lua")
 LINK_LUA = LINK_RULES_LUA + load_lua("resolver", "link.lua")
 _REMOVAL = LINK_RULES_LUA + load_lua("resolver", "removal_checks.lua")
 UNLINK_LUA = _REMOVAL + load_lua("resolver", "unlink.lua")

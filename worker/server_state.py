@@ -13,9 +13,32 @@ from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .split import SERVER_STATE_CODES
+__all__ = [
+    "CONNECTION_KINDS",
+    "ERROR_KINDS",
+    "SERVER_STATE_CODES",
+    "SERVER_STATE_KINDS",
+    "error_code",
+    "outage_kind",
+]
 
-__all__ = ["CONNECTION_KINDS", "ERROR_KINDS", "SERVER_STATE_KINDS", "outage_kind"]
+SERVER_STATE_CODES = frozenset(
+    {
+        "NOGROUP",
+        "BUSY",
+        "MISCONF",
+        "NOREPLICAS",
+        "WRONGTYPE",
+        "UNBLOCKED",
+        "MASTERDOWN",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "LOADING",
+        "READONLY",
+        "OOM",
+    }
+)
+"""Error codes Redis gives for its own state; redis-py leaves unknown codes in the message."""
 
 CONNECTION_KINDS = ("connection", "timeout", "nogroup")
 """A link lost (or a Redis that came back empty, without the group): these give up."""
@@ -32,7 +55,7 @@ _CLASSES: tuple[tuple[type[Exception], str], ...] = (
 """redis-py strips the code from these errors' text, so they are known by their class."""
 
 
-def _code(exc: ResponseError) -> str:
+def error_code(exc: ResponseError) -> str:
     """redis-py >= 6 keeps a code it stripped as ``status_code``; unknown codes stay in the
     text (BUSY, NOREPLICAS, MISCONF, ...)."""
     status: str | None = getattr(exc, "status_code", None)
@@ -45,7 +68,7 @@ def outage_kind(exc: BaseException) -> str | None:
         if isinstance(exc, cls):
             return kind
     if isinstance(exc, ResponseError):
-        code = _class_code(exc) or _code(exc)
+        code = _class_code(exc) or error_code(exc)
         return code.lower() if code in SERVER_STATE_CODES else None
     if isinstance(exc, RedisTimeoutError):
         return "timeout"

@@ -29,29 +29,13 @@ from redis.exceptions import (
 from .deadletters import DeadLetter
 from .parser import Entry
 from .planner import Plan
+from .server_state import SERVER_STATE_CODES, error_code
 
 if TYPE_CHECKING:
     from .committer import Committed
 
-__all__ = ["SERVER_STATE_CODES", "Splitter", "entries_at_fault"]
+__all__ = ["Splitter", "entries_at_fault"]
 
-SERVER_STATE_CODES = frozenset(
-    {
-        "NOGROUP",
-        "BUSY",
-        "MISCONF",
-        "NOREPLICAS",
-        "WRONGTYPE",
-        "UNBLOCKED",
-        "MASTERDOWN",
-        "CLUSTERDOWN",
-        "TRYAGAIN",
-        "LOADING",
-        "READONLY",
-        "OOM",
-    }
-)
-"""Error codes Redis gives for its own state; redis-py leaves unknown codes in the message."""
 SERVER_STATE_ERRORS = (
     AuthenticationError,
     BusyLoadingError,
@@ -71,8 +55,7 @@ def entries_at_fault(exc: ResponseError) -> bool:
     """False when the error is about Redis's state (splitting would not help)."""
     if isinstance(exc, SERVER_STATE_ERRORS):
         return False
-    code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
-    return code not in SERVER_STATE_CODES
+    return error_code(exc) not in SERVER_STATE_CODES
 
 
 class Splitter:

@@ -19,11 +19,11 @@ local skey, qkey = KEYS[8], KEYS[9]
 local id, op_id, reason, tenant, changes_maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local dry, scanned_to, n = ARGV[6] == '1', ARGV[7], tonumber(ARGV[8])
 
-local err = first_error(wrong_type(key, 'hash'), wrong_type(hkey, 'hash'),
-                        wrong_type(pkey, 'hash'), wrong_type(log, 'stream'),
-                        wrong_type(rkey, 'hash'), wrong_type(ckey, 'zset'),
-                        wrong_type(changes, 'stream'), wrong_type(skey, 'hash'),
-                        wrong_type(qkey, 'hash'))
+local err = first_error(key_error(key, 'hash'), key_error(hkey, 'hash'),
+                        key_error(pkey, 'hash'), key_error(log, 'stream'),
+                        key_error(rkey, 'hash'), key_error(ckey, 'zset'),
+                        key_error(changes, 'stream'), key_error(skey, 'hash'),
+                        key_error(qkey, 'hash'))
 if err then return redis.error_reply(err) end
 if not string.find(changes_maxlen, '^%d+$') then
   return redis.error_reply('ERR maxlen arguments must be digits')

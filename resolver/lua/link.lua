@@ -9,7 +9,6 @@
 -- stands) with a `quarantine` feed entry; returns {outcome, current_target}. Everything
 -- that can fail (a key of the wrong type, a missing tombstone key, a feed out of ids) fails
 -- before the first write.
-local LAST_ID = '18446744073709551615-18446744073709551615'
 local meta = redis.call('HMGET', KEYS[3], '', '#')
 if tonumber(meta[2] or '0') > 0 and (ARGV[4] == '' or ARGV[5] == '') then
   return redis.error_reply('ERR ' .. KEYS[1] .. ' has tombstones: linking needs ' ..
@@ -29,19 +28,8 @@ if outcome ~= 'applied' and outcome ~= 'quarantined' then return {outcome, curre
 local writes = {[6] = 'stream', [8] = 'hash'}
 if outcome == 'applied' then writes = {[4] = 'zset', [5] = 'hash', [6] = 'stream'} end
 for k, want in pairs(writes) do
-  local kind = redis.call('TYPE', KEYS[k])['ok']
-  if kind ~= want and kind ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a ' ..
-                             want)
-  end
-  if kind == 'stream' then
-    local info = redis.call('XINFO', 'STREAM', KEYS[k])
-    for f = 1, #info, 2 do
-      if info[f] == 'last-generated-id' and info[f + 1] == LAST_ID then
-        return redis.error_reply('ERR ' .. KEYS[k] .. ' has handed out the last possible id')
-      end
-    end
-  end
+  local err = key_error(KEYS[k], want, true)
+  if err then return redis.error_reply(err) end
 end
 local now = redis.call('TIME')
 local stamp = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))

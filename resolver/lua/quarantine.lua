@@ -19,10 +19,10 @@ local mode, prev, max_depth, op_id = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4
 local tenant, consumer, changes_maxlen = ARGV[5], ARGV[6], ARGV[7]
 local hprev, huser, expected = ARGV[8], ARGV[9], ARGV[10]
 
-local err = first_error(wrong_type(key, 'hash'), wrong_type(hkey, 'hash'),
-                        wrong_type(pkey, 'hash'), wrong_type(rkey, 'hash'),
-                        wrong_type(ckey, 'zset'), wrong_type(skey, 'hash'),
-                        wrong_type(qkey, 'hash'), wrong_type(changes, 'stream'),
+local err = first_error(key_error(key, 'hash'), key_error(hkey, 'hash'),
+                        key_error(pkey, 'hash'), key_error(rkey, 'hash'),
+                        key_error(ckey, 'zset'), key_error(skey, 'hash'),
+                        key_error(qkey, 'hash'), key_error(changes, 'stream'),
                         not_a_count(rkey, ''), not_a_count(hkey, ''))
 if err then return redis.error_reply(err) end
 if not string.find(changes_maxlen, '^%d+$') then

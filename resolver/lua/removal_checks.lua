@@ -1,14 +1,6 @@
 -- Checks shared by unlink.lua and forget.lua (prepended to both, after link_rules.lua):
 -- everything a write could fail on is ruled out before the first write.
 
--- nil, or why `key` is not of type `kind` (or absent)
-local function wrong_type(key, kind)
-  local found = redis.call('TYPE', key)['ok']
-  if found ~= kind and found ~= 'none' then
-    return 'WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. kind
-  end
-end
-
 -- nil, or why a counter field cannot be incremented (HINCRBY fails on a non-integer)
 local function not_a_count(key, field)
   local v = redis.call('HGET', key, field)

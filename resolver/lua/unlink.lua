@@ -24,10 +24,10 @@ local prev, block, op_id, reason, tenant = ARGV[1], ARGV[2] == '1', ARGV[3], ARG
 local changes_maxlen, dry = ARGV[6], ARGV[7] == '1'
 local skey = KEYS[7]
 
-local err = first_error(wrong_type(key, 'hash'), wrong_type(hkey, 'hash'),
-                        wrong_type(pkey, 'hash'), wrong_type(rkey, 'hash'),
-                        wrong_type(ckey, 'zset'), wrong_type(changes, 'stream'),
-                        wrong_type(skey, 'hash'))
+local err = first_error(key_error(key, 'hash'), key_error(hkey, 'hash'),
+                        key_error(pkey, 'hash'), key_error(rkey, 'hash'),
+                        key_error(ckey, 'zset'), key_error(changes, 'stream'),
+                        key_error(skey, 'hash'))
 if err then return redis.error_reply(err) end
 if not string.find(changes_maxlen, '^%d+$') then
   return redis.error_reply('ERR maxlen arguments must be digits')

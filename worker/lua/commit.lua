@@ -73,25 +73,8 @@ local n_tenants = (#KEYS - FIXED_KEYS) / KEYS_PER_TENANT
 local i = 13 + n_tenants
 local CHUNK = 4000  -- stays well below Lua's unpack() limit
 local MAX_VALUES = 4000  -- 2,000 field pairs per entry; the worker's STITCH_MAX_FIELDS <= 1,000
-local LAST_ID = '18446744073709551615-18446744073709551615'
-
--- nil, or why `key` cannot be a stream the script XACKs (or, with `adds`, XADDs to)
-local function stream_error(key, adds)
-  local kind = redis.call('TYPE', key)['ok']
-  if kind == 'stream' and adds then
-    local info = redis.call('XINFO', 'STREAM', key)
-    for f = 1, #info, 2 do
-      if info[f] == 'last-generated-id' and info[f + 1] == LAST_ID then
-        return 'ERR ' .. key .. ' has handed out the last possible id'
-      end
-    end
-  elseif kind ~= 'stream' and kind ~= 'none' then
-    return 'WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a stream'
-  end
-end
-
 for k = 1, 3 do  -- the change feed is checked below, only when the batch links something
-  local err = stream_error(KEYS[k], k > 1)
+  local err = key_error(KEYS[k], 'stream', k > 1)
   if err then return redis.error_reply(err) end
 end
 for _, maxlen in ipairs({out_maxlen, dead_maxlen, changes_maxlen, refusals_maxlen}) do
@@ -100,30 +83,14 @@ for _, maxlen in ipairs({out_maxlen, dead_maxlen, changes_maxlen, refusals_maxle
   end
 end
 
-local function alias_key(n)
-  return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 1]
+-- tenant n's keys, in the order the planner sends them (worker/scripts.py, KEYS_PER_TENANT)
+local function tenant_key(slot)
+  return function(n) return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + slot] end
 end
-local function heights_key(n)
-  return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 2]
-end
-local function provenance_key(n)
-  return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 3]
-end
-local function refusals_key(n)
-  return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 4]
-end
-local function removals_key(n)
-  return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 5]
-end
-local function children_key(n)
-  return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 6]
-end
-local function sizes_key(n)
-  return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 7]
-end
-local function quarantine_key(n)
-  return KEYS[FIXED_KEYS + KEYS_PER_TENANT * (tonumber(n) - 1) + 8]
-end
+local alias_key, heights_key = tenant_key(1), tenant_key(2)
+local provenance_key, refusals_key = tenant_key(3), tenant_key(4)
+local removals_key, children_key = tenant_key(5), tenant_key(6)
+local sizes_key, quarantine_key = tenant_key(7), tenant_key(8)
 local caps = {}  -- tenant n -> its max component size, read once per call
 local function cap_of(n)
   local cap = caps[n]
@@ -289,14 +256,7 @@ local checked = {}
 local function check(key, kind)
   if checked[key] then return end
   checked[key] = true
-  if kind ~= 'stream' then
-    local found = redis.call('TYPE', key)['ok']
-    if found ~= kind and found ~= 'none' then
-      return 'WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. kind
-    end
-    return
-  end
-  return stream_error(key, true)
+  return key_error(key, kind, true)
 end
 if #applied > 0 or n_held > 0 then
   local err = check(changes, 'stream')

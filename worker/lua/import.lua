@@ -28,23 +28,17 @@ local alias, heights, provenance, changes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local removals, children, sizes, quarantine = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local mode, max_depth, changes_maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local tenant, consumer, source_prefix, n = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
-local LAST_ID = '18446744073709551615-18446744073709551615'
 local dry = mode == 'dry'
 
 if not string.find(changes_maxlen, '^%d+$') then
   return redis.error_reply('ERR maxlen arguments must be digits')
 end
 for _, key in ipairs({alias, heights, provenance, removals, sizes, quarantine}) do
-  local kind = redis.call('TYPE', key)['ok']
-  if kind ~= 'hash' and kind ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a hash')
-  end
+  local err = key_error(key, 'hash')
+  if err then return redis.error_reply(err) end
 end
-local children_kind = redis.call('TYPE', children)['ok']
-if children_kind ~= 'zset' and children_kind ~= 'none' then
-  return redis.error_reply('WRONGTYPE ' .. children .. ' holds a ' .. children_kind ..
-                           ', not a zset')
-end
+local err = key_error(children, 'zset')
+if err then return redis.error_reply(err) end
 -- blocks and tombstones, as the worker consults them (only for a tenant that had removals)
 local meta = redis.call('HMGET', removals, '', '#')
 local rkey = nil
@@ -106,17 +100,8 @@ end
 
 if #applied == 0 and #held == 0 then return outcomes end
 
-local kind = redis.call('TYPE', changes)['ok']
-if kind == 'stream' then
-  local info = redis.call('XINFO', 'STREAM', changes)
-  for f = 1, #info, 2 do
-    if info[f] == 'last-generated-id' and info[f + 1] == LAST_ID then
-      return redis.error_reply('ERR ' .. changes .. ' has handed out the last possible id')
-    end
-  end
-elseif kind ~= 'none' then
-  return redis.error_reply('WRONGTYPE ' .. changes .. ' holds a ' .. kind .. ', not a stream')
-end
+err = key_error(changes, 'stream', true)
+if err then return redis.error_reply(err) end
 local now = redis.call('TIME')
 local now_ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
 

@@ -24,21 +24,11 @@
 
 local input, dead = KEYS[1], KEYS[2]
 local MAX_VALUES = 7900  -- unpack() fails past 8,000 values; XADD's own 3 arguments come first
-local LAST_ID = '18446744073709551615-18446744073709551615'
 local ID = '^%d+%-%d+$'
 
 for k = 1, 2 do
-  local kind = redis.call('TYPE', KEYS[k])['ok']
-  if kind == 'stream' and k == 1 then
-    local info = redis.call('XINFO', 'STREAM', input)
-    for f = 1, #info, 2 do
-      if info[f] == 'last-generated-id' and info[f + 1] == LAST_ID then
-        return redis.error_reply('ERR ' .. input .. ' has handed out the last possible id')
-      end
-    end
-  elseif kind ~= 'stream' and kind ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a stream')
-  end
+  local err = key_error(KEYS[k], 'stream', k == 1)
+  if err then return redis.error_reply(err) end
 end
 
 local function fields_of(stream, id)

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from resolver.scripts import load_lua
+from resolver.scripts import CHECKS_LUA, load_lua
 
 from ..config import Settings
 from ..stream import command
@@ -37,7 +37,7 @@ MAX_VALUES = 7_900
 """Field values one XADD from Lua can carry (its unpack() fails past 8,000 values)."""
 TRAILER = (b"error", b"error_code", b"source_id")
 """The fields the worker appends to a dead letter, always its last three pairs."""
-REDRIVE_LUA = f"local MAX_VALUES = {MAX_VALUES}\n" + load_lua("worker", "redrive.lua")
+REDRIVE_LUA = f"local MAX_VALUES = {MAX_VALUES}\n" + CHECKS_LUA + load_lua("worker", "redrive.lua")
 _ENTRY_ID = re.compile(r"\d+-\d+")
 
 

@@ -1,0 +1,23 @@
+-- Checks every script makes before its first write (Redis keeps what a script wrote before
+-- it failed). Prepended to link_rules.lua, so to every script that uses the rules, and to
+-- the dead-letter re-drive.
+
+local LAST_ID = '18446744073709551615-18446744073709551615'
+
+-- nil, or why `key` cannot be used as a `want` ('stream', 'hash', 'zset'; absent is fine);
+-- a stream the script adds to (`adds`) must also have an id left to hand out
+local function key_error(key, want, adds)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then return nil end
+  if kind ~= want then
+    return 'WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a ' .. want
+  end
+  if want == 'stream' and adds then
+    local info = redis.call('XINFO', 'STREAM', key)
+    for f = 1, #info, 2 do
+      if info[f] == 'last-generated-id' and info[f + 1] == LAST_ID then
+        return 'ERR ' .. key .. ' has handed out the last possible id'
+      end
+    end
+  end
+end
