@@ -1,0 +1,146 @@
+"""``lehnz-stitch audit`` (issue 12): existing links that break the current rules are listed
+without a change, held in the quarantine with ``--apply`` (as unlink removes them, with
+feed entries and a generation bump), found no more on a re-run, and reviewed as any hold."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from resolver.feed import ChangeOp, fold, read_changes
+from tests.helpers import add, drain, event, identify, make_worker, resolved_by_source
+from tests.redis_proc import RedisServer
+from tests.test_quarantine import held
+from tests.test_removals import KEY, admin, links
+from tests.test_script_atomicity import _snapshot
+
+ENV = {"STITCH_TOMBSTONE_KEY": KEY, "STITCH_EXTRA_PLACEHOLDERS": "qa-user"}
+SHOPPERS = [f"anon-{k}" for k in range(5)]
+EXPECTED = {
+    ("tester", "qa-user", "audit:placeholder"),
+    ("x", "y", "audit:blocked"),
+    ("w", "z", "audit:forgotten"),
+    ("a1", "a2", "audit:too_deep"),
+    ("anon-3", "demo", "audit:size"),
+    ("anon-4", "demo", "audit:size"),
+}
+
+
+def seed(client: redis.Redis, server: RedisServer) -> None:
+    """Links each later rule breaks: one into an id that became a placeholder, one re-written
+    by another program after `unlink --block`, one into an erased id, a chain of 3 (the audit
+    runs with a cap of 2) and a component of 6 ids (the tenant's cap then set to 4)."""
+    pairs = [("tester", "qa-user"), ("x", "y"), ("z", "z-real"), ("a1", "a2"), ("a2", "a3")]
+    pairs += [("a3", "a4")] + [(anon, "demo") for anon in SHOPPERS]
+    for prev, user in pairs:
+        add(client, "acme", identify(user, prev))
+    drain(client)
+    for args in (["unlink", "x", "--block"], ["forget", "z"]):
+        code, _, err = admin(server, *args, "--tenant", "acme", STITCH_TOMBSTONE_KEY=KEY)
+        assert code == 0, err
+    client.hset("alias:acme", mapping={"x": "y", "w": "z"})  # another program's writes
+    code, _, err = admin(
+        server, "quarantine", "set-limit", "--tenant", "acme", "--max-component-size", "4"
+    )
+    assert code == 0, err
+
+
+def audit(server: RedisServer, *args: str) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
+    code, out, err = admin(
+        server, "audit", "--tenant", "acme", "--json", "--max-chain-depth", "2", *args, **ENV
+    )
+    assert code in (0, 1), err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["kind"] for line in lines[:-1]] == ["link"] * (len(lines) - 1)
+    return code, lines[:-1], lines[-1]
+
+
+def found(rows: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(r["previous_user_id"], r["user_id"], r["reason"]) for r in rows}
+
+
+def test_audit_lists_each_rule_and_changes_nothing(
+    real_redis: redis.Redis, redis_server: RedisServer
+) -> None:
+    """Without --apply: exit 1, one row per link breaking a rule (the two newest links of
+    the over-cap component), and every key dumps the same before and after."""
+    seed(real_redis, redis_server)
+    before = _snapshot(real_redis)
+    code, rows, summary = audit(redis_server)
+    assert code == 1
+    assert found(rows) == EXPECTED and {r["status"] for r in rows} == {"found"}
+    assert summary["found"] == len(EXPECTED) and summary["applied"] is False
+    assert summary["by_reason"]["audit:size"] == 2
+    assert _snapshot(real_redis) == before
+
+
+def test_apply_holds_them_as_unlink_would_and_a_rerun_finds_nothing(
+    real_redis: redis.Redis, redis_server: RedisServer
+) -> None:
+    """--apply: every finding held with its rule as reason, its link gone (the component
+    at the cap, sizes exact), an unlink and a quarantine feed entry each, so a fold of the
+    feed is the map; a warm worker resolves the held ids to themselves; a re-run finds
+    nothing and exits 0."""
+    seed(real_redis, redis_server)
+    ids = {e: add(real_redis, "acme", event(e)) for e in ("anon-4", "anon-0")}
+    warm = make_worker(real_redis, tombstone_key=KEY)
+    warm.run(drain=True)
+    generation = int(real_redis.hget("alias:acme:removals", ""))
+    code, rows, summary = audit(redis_server, "--apply")
+    assert code == 0 and found(rows) == EXPECTED
+    assert {r["status"] for r in rows} == {"held"} and summary["by_status"] == {"held": 6}
+    holds = {
+        k.decode(): v.decode().split(" ")
+        for k, v in real_redis.hgetall("alias:acme:quarantine").items()
+    }
+    assert {(p, h[0], h[3]) for p, h in holds.items()} == EXPECTED
+    assert not {p for p, _, _ in EXPECTED} & set(links(real_redis))
+    assert real_redis.hget("alias:acme:sizes", "demo") == b"4"
+    # bumped once per script that held links: the map's one page and the two components
+    assert int(real_redis.hget("alias:acme:removals", "")) == generation + 3
+    changes = list(read_changes(real_redis, "alias:changes"))
+    audited = [(c.op, c.previous_user_id) for c in changes if c.source_id == summary["op_id"]]
+    assert sorted(audited) == sorted(
+        (op, prev) for prev, _, _ in EXPECTED for op in (ChangeOp.UNLINK, ChangeOp.QUARANTINE)
+    )
+    folded = fold(changes)["acme"]
+    del folded["z"]  # erased by forget, whose entry names no id
+    assert folded == links(real_redis)
+    later = {e: add(real_redis, "acme", event(e)) for e in ("anon-4", "anon-0")}
+    warm.run(drain=True)
+    resolved = resolved_by_source(real_redis)
+    assert [resolved[ids["anon-4"]], resolved[later["anon-4"]]] == ["demo", "anon-4"]
+    assert resolved[later["anon-0"]] == "demo"
+    before = _snapshot(real_redis)
+    for again in (("--apply",), ()):
+        code, rows, summary = audit(redis_server, *again)
+        assert (code, rows, summary["found"]) == (0, [], 0)
+    assert _snapshot(real_redis) == before
+
+
+def test_audit_holds_are_approved_and_rejected_as_any_hold(
+    real_redis: redis.Redis, redis_server: RedisServer
+) -> None:
+    """Approving an audit:size hold applies it over the cap and later audits keep it; an
+    audit:placeholder or audit:blocked hold cannot be approved (the rule still refuses it)
+    and is rejected."""
+    seed(real_redis, redis_server)
+    audit(redis_server, "--apply")
+    code, out, err = admin(
+        redis_server, "quarantine", "approve", "--tenant", "acme", "anon-3", **ENV
+    )
+    assert code == 0, err
+    assert (
+        links(real_redis)["anon-3"] == "demo"
+        and real_redis.hget("alias:acme:sizes", "demo") == b"5"
+    )
+    for prev, rule in (("tester", "placeholder"), ("x", "blocked"), ("w", "forgotten")):
+        code, out, _ = admin(redis_server, "quarantine", "approve", "--tenant", "acme", prev, **ENV)
+        assert code == 1 and rule in out, out
+        code, _, err = admin(redis_server, "quarantine", "reject", "--tenant", "acme", prev, **ENV)
+        assert code == 0, err
+    assert set(held(real_redis)) == {"a1", "anon-4"}
+    code, rows, _ = audit(redis_server)
+    assert (code, rows) == (0, [])
