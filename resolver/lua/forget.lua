@@ -24,7 +24,7 @@ local dry, scanned_to, n = ARGV[6] == '1', ARGV[7], tonumber(ARGV[8])
 local err = first_error(key_error(key, 'hash'), key_error(hkey, 'hash'),
                         key_error(pkey, 'hash'), key_error(log, 'stream'),
                         key_error(rkey, 'hash'), key_error(ckey, 'zset'),
-                        key_error(changes, 'stream'), key_error(skey, 'hash'),
+                        key_error(changes, 'stream', true), key_error(skey, 'hash'),
                         key_error(qkey, 'hash'))
 if err then return redis.error_reply(err) end
 if not string.find(changes_maxlen, '^%d+$') then

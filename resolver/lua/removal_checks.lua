@@ -50,8 +50,10 @@ local function indexed(key, ckey)
   return redis.call('ZCARD', ckey) == redis.call('HLEN', key)
 end
 
+-- the first of the errors given (not ipairs: it stops at the first nil, a check that passed)
 local function first_error(...)
-  for _, err in ipairs({...}) do
+  for k = 1, select('#', ...) do
+    local err = select(k, ...)
     if err then return err end
   end
 end

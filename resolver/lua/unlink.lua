@@ -18,7 +18,7 @@ local skey = KEYS[7]
 
 local err = first_error(key_error(key, 'hash'), key_error(hkey, 'hash'),
                         key_error(pkey, 'hash'), key_error(rkey, 'hash'),
-                        key_error(ckey, 'zset'), key_error(changes, 'stream'),
+                        key_error(ckey, 'zset'), key_error(changes, 'stream', true),
                         key_error(skey, 'hash'))
 if err then return redis.error_reply(err) end
 if not string.find(changes_maxlen, '^%d+$') then
