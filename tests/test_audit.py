@@ -9,12 +9,15 @@ from typing import Any
 
 import redis
 
+from resolver import Resolver
+from resolver.auditing import Finding, Reason, component_findings, hold
 from resolver.feed import ChangeOp, fold, read_changes
 from tests.helpers import add, drain, event, identify, make_worker, resolved_by_source
 from tests.redis_proc import RedisServer
 from tests.test_quarantine import held
 from tests.test_removals import KEY, admin, links
 from tests.test_script_atomicity import _snapshot
+from worker.ops.quarantining import CONSUMER
 
 ENV = {"STITCH_TOMBSTONE_KEY": KEY, "STITCH_EXTRA_PLACEHOLDERS": "qa-user"}
 SHOPPERS = [f"anon-{k}" for k in range(5)]
@@ -144,3 +147,73 @@ def test_audit_holds_are_approved_and_rejected_as_any_hold(
     assert set(held(real_redis)) == {"a1", "anon-4"}
     code, rows, _ = audit(redis_server)
     assert (code, rows) == (0, [])
+
+
+def linked(client: redis.Redis, pairs: list[tuple[str, str]]) -> Resolver:
+    resolver = Resolver(client, changes_key="alias:changes")
+    for prev, user in pairs:
+        assert resolver.link("acme", prev, user) == "applied"
+    return resolver
+
+
+def page(client: redis.Redis, findings: list[Finding]) -> list[str]:
+    return hold(
+        client,
+        "alias:acme",
+        "acme",
+        findings,
+        op_id="op-1",
+        changes_key="alias:changes",
+        changes_maxlen=0,
+        max_depth=32,
+        tombstone_key=None,
+    )
+
+
+def test_a_page_checks_each_link_again_before_holding_it(client: redis.Redis) -> None:
+    """In the script, a link linked elsewhere meanwhile is 'changed', one that no longer
+    breaks its rule 'kept', one whose previous_user_id is held already 'already_held' (the
+    first hold stands); the others are held with their provenance's source id, and the
+    component's size follows."""
+    linked(client, [("a", "r"), ("b", "r"), ("c", "r"), ("d", "r")])
+    client.hset("alias:acme:quarantine", "d", "elsewhere 1-0 1700000000000 size")
+    source = client.hget("alias:acme:provenance", "a").split(b" ")[0]
+    statuses = page(
+        client,
+        [
+            Finding(b"a", b"r", Reason.PLACEHOLDER),
+            Finding(b"b", b"other", Reason.PLACEHOLDER),
+            Finding(b"c", b"r", Reason.BLOCKED),
+            Finding(b"d", b"r", Reason.SIZE),
+        ],
+    )
+    assert statuses == ["held", "changed", "kept", "already_held"]
+    assert links(client) == {"b": "r", "c": "r", "d": "r"}
+    assert held(client) == {"a": "r", "d": "elsewhere"}
+    assert client.hget("alias:acme:quarantine", "a").split(b" ")[1] == source
+    assert client.hget("alias:acme:sizes", "r") == b"4"
+
+
+def test_the_size_rule_replays_links_in_provenance_order(client: redis.Redis) -> None:
+    """Cap 3: a link without provenance counts as oldest, an approved link is always kept,
+    and each other link is held when the parts it joins would exceed the cap then: here the
+    link into an id that had joined (p3 -> p2) and the newest (p1)."""
+    linked(client, [("p1", "r"), ("p2", "r"), ("p3", "p2"), ("p4", "r"), ("p5", "r")])
+    client.hset(
+        "alias:acme:provenance",
+        mapping={
+            "p1": "s1 5 worker-1",
+            "p2": "s2 1 worker-1",
+            "p3": "s3 2 worker-2",
+            "p5": f"s5 3 {CONSUMER}",
+        },
+    )
+    client.hdel("alias:acme:provenance", "p4")
+    client.hset("alias:acme:sizes", "", 3)
+    [findings] = component_findings(
+        client, "alias:acme", max_depth=32, default_cap=1000, approved_by=CONSUMER, skip=set()
+    )
+    assert {(f.previous_user_id, f.reason) for f in findings} == {
+        (b"p3", Reason.SIZE),
+        (b"p1", Reason.SIZE),
+    }
