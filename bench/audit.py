@@ -5,7 +5,8 @@ placeholder, on a private redis-server; then what the quarantine costs a forget.
 The map is written as the link rules leave it (alias hash, children index, provenance,
 heights and sizes) with pipelined writes. Prints the wall time of the listing, of
 ``--apply`` (and its slowest script: how long the workers wait behind one page), of a
-re-run, and of a forget with 0 and with 100,000 held links in the quarantine.
+re-run, and of a forget beside 0 to 100,000 held links in the quarantine, or 100,000
+tombstones (the forget reads the blocks among them).
 """
 
 from __future__ import annotations
@@ -90,18 +91,24 @@ def audit(client: Any, *, apply: bool) -> tuple[int, float, float]:
     return len(found), time.perf_counter() - started, slowest
 
 
-def forget_with_holds(client: Any, holds: int) -> float:
+def forget_with(client: Any, holds: int, tombstones: int) -> float:
+    """Seconds of one forget (a component of 2 ids) beside so many holds and tombstones."""
     client.delete(KEY + ":quarantine")
     pipe = client.pipeline(transaction=False)
     for k in range(holds):
         pipe.hset(KEY + ":quarantine", f"held-{k:07d}", f"cust-x {k}-0 1700000000000 size")
         if k % 5000 == 0:
             pipe.execute()
+    for k in range(tombstones):
+        pipe.hset(KEY + ":removals", f"t{k:064x}", "bench")
+        if k % 5000 == 0:
+            pipe.execute()
     pipe.execute()
     resolver = Resolver(client, tombstone_key=b"bench", changes_key=CHANGES)
-    resolver.link(TENANT, f"gone-{holds}", f"gone-root-{holds}")
+    person = f"gone-{holds}-{tombstones}"
+    assert resolver.link(TENANT, person, person + "-root") == "applied"
     started = time.perf_counter()
-    resolver.forget(TENANT, f"gone-{holds}")
+    assert resolver.forget(TENANT, person).tombstones == 2
     return time.perf_counter() - started
 
 
@@ -117,8 +124,9 @@ def main() -> int:
             found, seconds, slowest = audit(client, apply=apply)
             extra = f", slowest script {slowest * 1000:.0f} ms" if apply else ""
             print(f"{label}: {found:,} links found in {seconds:.2f} s{extra}")
-        for holds in (0, 100_000):
-            print(f"forget with {holds:,} holds: {forget_with_holds(client, holds) * 1000:.1f} ms")
+        for holds, tombstones in ((0, 0), (10_000, 0), (100_000, 0), (0, 100_000)):
+            ms = forget_with(client, holds, tombstones) * 1000
+            print(f"forget beside {holds:,} holds, {tombstones:,} more tombstones: {ms:.1f} ms")
     return 0
 
 

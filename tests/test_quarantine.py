@@ -146,8 +146,9 @@ def test_forget_leaves_no_byte_of_the_id_in_holds_or_anywhere_else(
     real_redis: redis.Redis, redis_server: RedisServer
 ) -> None:
     """Forgetting the user_id of held links drops those holds too (their previous_user_id
-    is not erased, their target is), with the link, the refusal naming it and its sizes;
-    forgetting an id whose only trace is its own hold (no link) erases it as well."""
+    is not erased, their target is), with the link, the refusal naming it, a block naming
+    it and its sizes; forgetting an id whose only trace is its own hold (no link) erases it
+    as well, and so does forgetting one whose only trace is a block."""
     code, _, err = admin(
         redis_server, "quarantine", "set-limit", "--tenant", "acme", "--max-component-size", "2"
     )
@@ -156,6 +157,8 @@ def test_forget_leaves_no_byte_of_the_id_in_holds_or_anywhere_else(
         add(real_redis, "acme", identify(SHARED, prev))
     drain(real_redis, tombstone_key=KEY)
     assert set(held(real_redis)) == {"b", "anon-held-77"} and holding(real_redis, SHARED)
+    code, _, err = admin(redis_server, "quarantine", "reject", "--tenant", "acme", "b", "--block")
+    assert code == 0, err  # a block names both ids: b and SHARED
     code, _, err = admin(
         redis_server, "forget", "--tenant", "acme", SHARED, STITCH_TOMBSTONE_KEY=KEY
     )
@@ -176,3 +179,9 @@ def test_forget_leaves_no_byte_of_the_id_in_holds_or_anywhere_else(
     )
     assert code == 0 and json.loads(out)["tombstones"] == 1, err
     assert holding(real_redis, "anon-held-77") == [] and held(real_redis) == {}
+    add(real_redis, "acme", identify("x-target", "x-prev"))
+    drain(real_redis, tombstone_key=KEY)
+    for args in (["unlink", "x-prev", "--block"], ["forget", "x-prev", "--json"]):
+        code, out, err = admin(redis_server, *args, "--tenant", "acme", STITCH_TOMBSTONE_KEY=KEY)
+        assert code == 0, err
+    assert json.loads(out)["tombstones"] == 1 and holding(real_redis, "x-prev") == []

@@ -9,8 +9,10 @@
 --   nothing indexes holds by target; it is normally small)
 -- ARGV: id, op id, reason ('' for none), tenant, change feed maxlen, dry run ('1' | '0'),
 --   the refusal-log id the caller's scan ended at ('0': it read nothing), n, then n x
---   (member, its HMAC): the component as the caller found it (its root first), then the
---   refusal-log entry ids the caller found naming a member
+--   (member, its HMAC): the component as the caller found it (its root first), then m and m
+--   block fields naming a member (the caller's HSCAN of the removals hash: a block names
+--   both ids, and the tombstones make it redundant), then the refusal-log entry ids the
+--   caller found naming a member
 -- Returns {0} when id has no link either way and no held link names it (nothing to do), {1, {members}} for a dry run,
 -- {2, {members}} when the component is not the one given (changed meanwhile: nothing
 -- written; find it again), else {3, members erased, links removed, log entries deleted,
@@ -20,6 +22,11 @@ local key, hkey, pkey, log, rkey, ckey, changes =
 local skey, qkey = KEYS[8], KEYS[9]
 local id, op_id, reason, tenant, changes_maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local dry, scanned_to, n = ARGV[6] == '1', ARGV[7], tonumber(ARGV[8])
+local blocks = {}
+for k = 10 + 2 * n, 9 + 2 * n + tonumber(ARGV[9 + 2 * n]) do
+  if string.sub(ARGV[k], 1, 1) ~= 'b' then return redis.error_reply('ERR not a block field') end
+  blocks[#blocks + 1] = ARGV[k]
+end
 
 local err = first_error(key_error(key, 'hash'), key_error(hkey, 'hash'),
                         key_error(pkey, 'hash'), key_error(log, 'stream'),
@@ -50,7 +57,9 @@ repeat
   end
 until cursor == '0'
 -- a root without children and nothing held for or into it: no link either way
-if #members == 1 and #holds == 0 and redis.call('HEXISTS', qkey, id) == 0 then return {0} end
+if #members == 1 and #holds == 0 and #blocks == 0 and redis.call('HEXISTS', qkey, id) == 0 then
+  return {0}
+end
 if dry then return {1, members} end
 
 local given = {}
@@ -65,7 +74,7 @@ if err then return redis.error_reply(err) end
 
 -- refusal-log entries naming a member that were added after the caller's scan
 local doomed = {}
-for k = 9 + 2 * n, #ARGV do doomed[#doomed + 1] = ARGV[k] end
+for k = 10 + 2 * n + #blocks, #ARGV do doomed[#doomed + 1] = ARGV[k] end
 local start = scanned_to == '0' and '-' or '(' .. scanned_to
 while true do
   local page = redis.call('XRANGE', log, start, '+', 'COUNT', 1000)
@@ -101,6 +110,9 @@ local count = tonumber(redis.call('HGET', hkey, ''))
 if count then redis.call('HSET', hkey, '', math.max(count - links, 0)) end
 redis.call('HINCRBY', rkey, '#', #members)
 redis.call('HINCRBY', rkey, '', 1)
+for first = 1, #blocks, 1000 do
+  redis.call('HDEL', rkey, unpack(blocks, first, math.min(first + 999, #blocks)))
+end
 for first = 1, #holds, 1000 do
   dropped = dropped + redis.call('HDEL', qkey, unpack(holds, first, math.min(first + 999, #holds)))
 end
