@@ -76,6 +76,8 @@ def test_audit_lists_each_rule_and_changes_nothing(
     assert found(rows) == EXPECTED and {r["status"] for r in rows} == {"found"}
     assert summary["found"] == len(EXPECTED) and summary["applied"] is False
     assert summary["by_reason"]["audit:size"] == 2
+    code, _, err = admin(redis_server, "audit", "--tenant", "acme")  # no STITCH_TOMBSTONE_KEY
+    assert code == 2 and "STITCH_TOMBSTONE_KEY" in err
     assert _snapshot(real_redis) == before
 
 

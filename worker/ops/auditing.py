@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis
@@ -21,10 +21,12 @@ from resolver.erasing import new_op_id
 from resolver.heights import accounted, sync
 from resolver.ids import decode_id
 from resolver.links import LinkRules
+from resolver.removals import TombstoneKeyMissingError
 
 from ..acl import ADMIN_USER
-from ..config import Settings
+from ..config import Settings, env_name
 from ..connection import connect
+from ..errors import ConfigError
 from ..explaining import check_tenant
 from .commands import EXIT_INTERRUPTED, redis_errors
 from .quarantining import CONSUMER
@@ -127,9 +129,7 @@ def audit(settings: Settings, args: argparse.Namespace) -> int:
             )
         rules = LinkRules(settings.placeholders)
         tombstone_key = settings.tombstone_key.encode() or None
-        for scanned, findings in map_findings(
-            client, run.alias_key, rules.is_placeholder, tombstone_key
-        ):
+        for scanned, findings in _map_pages(run, rules.is_placeholder, tombstone_key):
             run.report(findings)
             progress.advance(scanned, f"{len(run.found):,} found")
             if stop.is_set():
@@ -144,6 +144,18 @@ def audit(settings: Settings, args: argparse.Namespace) -> int:
         print("interrupted: what was held stays so; run again to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_FOUND if run.left() else 0
+
+
+def _map_pages(
+    run: _Run, is_placeholder: Any, tombstone_key: bytes | None
+) -> Iterator[tuple[int, list[Finding]]]:
+    try:
+        yield from map_findings(run.client, run.alias_key, is_placeholder, tombstone_key)
+    except TombstoneKeyMissingError:
+        raise ConfigError(
+            f"tenant {run.args.tenant!r} has tombstones (erased ids): set "
+            f"{env_name('tombstone_key')} to the key `lehnz-stitch forget` used to check them"
+        ) from None
 
 
 def _components(run: _Run, stopped: Any) -> None:
