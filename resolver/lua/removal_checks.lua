@@ -1,4 +1,5 @@
--- Checks shared by unlink.lua and forget.lua (prepended to both, after link_rules.lua):
+-- Checks shared by unlink.lua, forget.lua, quarantine.lua and audit.lua (prepended to each,
+-- after link_rules.lua):
 -- everything a write could fail on is ruled out before the first write.
 
 -- nil, or why a counter field cannot be incremented (HINCRBY fails on a non-integer)
