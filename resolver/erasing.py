@@ -137,19 +137,33 @@ def forget(
     script = client.register_script(FORGET_LUA)
     head: list[Any] = [encode_id(uid), op_id, reason, tenant, changes_maxlen]
     for _ in range(ATTEMPTS):
-        found: Any = script(keys=keys, args=[*head, "1", "0", 0])
-        if found[0] == 0:
+        found: Any = script(keys=keys, args=[*head, "1", "0", 0, 0])
+        members = [uid] if found[0] == 0 else [decode_id(m) for m in found[1]]
+        blocks = _blocks_naming(client, removals_key(alias_key), members)
+        if found[0] == 0 and not blocks:
             return Removal(op_id, tenant, 0, [], 0)
-        members = [decode_id(m) for m in found[1]]
         if dry_run:
             return Removal(op_id, tenant, len(members) - 1, members, len(members))
         assert tombstone_key is not None
         scanned_to, doomed = _log_mentions(client, refusals_key(alias_key), set(members))
         pairs = [x for m in members for x in (encode_id(m), tombstone(tombstone_key, m))]
-        done: Any = script(keys=keys, args=[*head, "0", scanned_to, len(members), *pairs, *doomed])
+        given = [len(members), *pairs, len(blocks), *blocks]
+        done: Any = script(keys=keys, args=[*head, "0", scanned_to, *given, *doomed])
         if done[0] == 3:
             return Removal(op_id, tenant, int(done[2]), [], int(done[1]))
     raise ComponentChangedError(f"{alias_key}: the component kept changing ({ATTEMPTS} passes)")
+
+
+def _blocks_naming(client: redis.Redis, rkey: str, members: list[str]) -> list[bytes]:
+    """The block fields (``b<len(prev)>:<prev><user>``) naming a member: HSCAN of the
+    removals hash, filtered by Redis to the blocks (the tombstones are read past)."""
+    named = {encode_id(m) for m in members}
+    found = []
+    for field, _ in client.hscan_iter(rkey, match="b*", count=SCAN_CHUNK):
+        size, _, ids = field[1:].partition(b":")
+        if size.isdigit() and (ids[: int(size)] in named or ids[int(size) :] in named):
+            found.append(field)
+    return found
 
 
 def _log_mentions(client: redis.Redis, log: str, members: set[str]) -> tuple[str, list[bytes]]:

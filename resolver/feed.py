@@ -38,7 +38,9 @@ class ChangeOp(StrEnum):
     many ids were erased; source_id is the operation's id. No raw id is written."""
     QUARANTINE = "quarantine"
     """previous_user_id -> user_id was held, not written (merge protection): fields
-    ``reason`` and ``size`` (the component it would have made); source_id: the identify's."""
+    ``reason`` and ``size`` (the component it would have made); source_id: the identify's.
+    Also an existing link ``audit --apply`` held (reason ``audit:<rule>``, source_id the
+    operation's id): an UNLINK entry for it comes first."""
     APPROVE = "approve"
     """An operator applied a held link (``quarantine approve``): a link like LINK, whose
     source_id is the operation's id."""

@@ -13,6 +13,7 @@ Beside each alias map (see ``lua/link_rules.lua``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import redis
@@ -34,6 +35,7 @@ __all__ = [
     "held_link",
     "held_links",
     "quarantine_key",
+    "review_keys",
     "set_limit",
     "size_cap",
     "sizes_key",
@@ -88,6 +90,20 @@ def set_limit(client: redis.Redis, alias_key: str, limit: int) -> None:
     pipe.execute()
 
 
+def review_keys(alias_key: str, changes_key: str) -> list[str]:
+    """The KEYS of the scripts that hold or apply links on review (quarantine.lua, audit.lua)."""
+    return [
+        alias_key,
+        heights_key(alias_key),
+        provenance_key(alias_key),
+        removals_key(alias_key),
+        children_key(alias_key),
+        sizes_key(alias_key),
+        quarantine_key(alias_key),
+        changes_key,
+    ]
+
+
 class Decision(NamedTuple):
     outcome: str
     """approve: 'applied' | 'noop' | the rule that refuses it now; reject: 'rejected';
@@ -109,25 +125,21 @@ def decide(
     changes_maxlen: int,
     max_depth: int,
     tombstone_key: bytes | None,
+    is_placeholder: Callable[[str], bool] | None = None,
 ) -> Decision:
-    """approve, reject or reject-block the link held for ``prev`` (lua/quarantine.lua)."""
+    """approve, reject or reject-block the link held for ``prev`` (lua/quarantine.lua).
+    ``is_placeholder``: the client-side rule approve re-checks too (an audit may have held a
+    link into an id that became a placeholder)."""
     raw: Any = client.hget(quarantine_key(alias_key), encode_id(prev))
     if raw is None:
         return Decision("missing", None, None)
     user = _parse(encode_id(prev), raw).user_id
+    if mode == "approve" and is_placeholder and (is_placeholder(prev) or is_placeholder(user)):
+        return Decision("placeholder", user, prev)
     macs = ["", ""]
     if tombstone_key:
         macs = [tombstone(tombstone_key, prev), tombstone(tombstone_key, user)]
-    keys = [
-        alias_key,
-        heights_key(alias_key),
-        provenance_key(alias_key),
-        removals_key(alias_key),
-        children_key(alias_key),
-        sizes_key(alias_key),
-        quarantine_key(alias_key),
-        changes_key,
-    ]
+    keys = review_keys(alias_key, changes_key)
     args: list[Any] = [mode, encode_id(prev), max_depth, op_id, tenant, consumer, changes_maxlen]
     args.extend(macs)
     reply: Any = client.register_script(QUARANTINE_LUA)(keys=keys, args=[*args, encode_id(user)])

@@ -9,9 +9,20 @@ import json
 import redis
 
 from resolver.feed import ChangeOp, read_changes
-from tests.helpers import DEAD, add, drain, event, identify, make_worker, metric, output
+from tests.helpers import (
+    DEAD,
+    INPUT,
+    OUTPUT,
+    add,
+    drain,
+    event,
+    identify,
+    make_worker,
+    metric,
+    output,
+)
 from tests.redis_proc import RedisServer
-from tests.test_removals import admin, links
+from tests.test_removals import KEY, admin, links
 
 SHOPPERS = 3_000
 
@@ -118,3 +129,59 @@ def test_list_reject_block_and_an_approve_another_rule_now_refuses(
     assert held(real_redis) == {"b": "u"}
     code, out, _ = admin(redis_server, "quarantine", "approve", "--tenant", "acme", "nobody")
     assert code == 1 and "nothing held" in out
+
+
+SHARED = "shared-9f3c@example.com"
+FEED_AND_STREAMS = {b"alias:changes", INPUT.encode(), OUTPUT.encode(), DEAD.encode()}
+
+
+def holding(client: redis.Redis, uid: str) -> list[bytes]:
+    """Every key but the change feed and the event streams (README: they keep ids until
+    trimmed) whose dump holds uid's bytes."""
+    keys = set(client.keys("*")) - FEED_AND_STREAMS
+    return sorted(k for k in keys if uid.encode() in (client.dump(k) or b""))
+
+
+def test_forget_leaves_no_byte_of_the_id_in_holds_or_anywhere_else(
+    real_redis: redis.Redis, redis_server: RedisServer
+) -> None:
+    """Forgetting the user_id of held links drops those holds too (their previous_user_id
+    is not erased, their target is), with the link, the refusal naming it, a block naming
+    it and its sizes; forgetting an id whose only trace is its own hold (no link) erases it
+    as well, and so does forgetting one whose only trace is a block."""
+    code, _, err = admin(
+        redis_server, "quarantine", "set-limit", "--tenant", "acme", "--max-component-size", "2"
+    )
+    assert code == 0, err
+    for prev in ("a", "b", "anon-held-77", "null"):
+        add(real_redis, "acme", identify(SHARED, prev))
+    drain(real_redis, tombstone_key=KEY)
+    assert set(held(real_redis)) == {"b", "anon-held-77"} and holding(real_redis, SHARED)
+    code, _, err = admin(redis_server, "quarantine", "reject", "--tenant", "acme", "b", "--block")
+    assert code == 0, err  # a block names both ids: b and SHARED
+    code, _, err = admin(
+        redis_server, "forget", "--tenant", "acme", SHARED, STITCH_TOMBSTONE_KEY=KEY
+    )
+    assert code == 0, err
+    assert holding(real_redis, SHARED) == [] and held(real_redis) == {}
+    add(real_redis, "acme", identify("other", "c"))  # reaches the cap of 2
+    add(real_redis, "acme", identify("other", "anon-held-77"))  # held: its only trace
+    drain(real_redis, tombstone_key=KEY)
+    assert held(real_redis) == {"anon-held-77": "other"}
+    code, out, err = admin(
+        redis_server,
+        "forget",
+        "--tenant",
+        "acme",
+        "anon-held-77",
+        "--json",
+        STITCH_TOMBSTONE_KEY=KEY,
+    )
+    assert code == 0 and json.loads(out)["tombstones"] == 1, err
+    assert holding(real_redis, "anon-held-77") == [] and held(real_redis) == {}
+    add(real_redis, "acme", identify("x-target", "x-prev"))
+    drain(real_redis, tombstone_key=KEY)
+    for args in (["unlink", "x-prev", "--block"], ["forget", "x-prev", "--json"]):
+        code, out, err = admin(redis_server, *args, "--tenant", "acme", STITCH_TOMBSTONE_KEY=KEY)
+        assert code == 0, err
+    assert json.loads(out)["tombstones"] == 1 and holding(real_redis, "x-prev") == []

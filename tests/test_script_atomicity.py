@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from resolver.scripts import LINK_RULES_LUA
+from resolver.scripts import AUDIT_LUA, LINK_RULES_LUA, UNLINK_LUA
 from tests.helpers import DEAD, INPUT, OUTPUT
 from worker.scripts import COMMIT_LUA
 
@@ -308,3 +308,120 @@ def test_over_memory_a_batch_that_acks_first_commits_whole(real_redis: redis.Red
     assert real_redis.xlen(OUTPUT) == 1 and real_redis.xlen(DEAD) == 1
     assert real_redis.xpending(INPUT, "stitch")["pending"] == 1  # the link's entry, not sent
     assert real_redis.exists(ALIAS) == 0
+
+
+AUDIT_KEYS = [ALIAS, ALIAS + ":heights", PROVENANCE, REMOVALS, CHILDREN, SIZES, QUARANTINE]
+AUDIT_KEYS += [CHANGES]
+AUDIT_ARGS = ["op-1", "acme", 100, 32, 1, "anon", "real", "audit:placeholder", "", ""]
+AUDIT_SOURCE = (ROOT / "resolver/lua/audit.lua").read_text()
+AUDIT_SOURCE += (ROOT / "resolver/lua/unlinking.lua").read_text()
+
+
+def _audited_map(client: redis.Redis) -> None:
+    """A map of one link with its index entry, height, size and provenance."""
+    client.hset(ALIAS, "anon", "real")
+    client.zadd(CHILDREN, {"4:realanon": 0})
+    client.hset(ALIAS + ":heights", mapping={"real": 1, "": 1})
+    client.hset(SIZES, "real", 2)
+    client.hset(PROVENANCE, "anon", "1-0 1700000000000 c1")
+
+
+def _wrong_type(key: str) -> Callable[[redis.Redis, list[Any]], None]:
+    def fault(client: redis.Redis, args: list[Any]) -> None:
+        client.delete(key)
+        client.set(key, "x")
+
+    return fault
+
+
+def _bad_field(key: str, field: str) -> Callable[[redis.Redis, list[Any]], None]:
+    def fault(client: redis.Redis, args: list[Any]) -> None:
+        client.hset(key, field, "x")
+
+    return fault
+
+
+def _bad_arg(index: int, value: Any) -> Callable[[redis.Redis, list[Any]], None]:
+    def fault(client: redis.Redis, args: list[Any]) -> None:
+        args[index] = value
+
+    return fault
+
+
+def _feed_out_of_ids(client: redis.Redis, args: list[Any]) -> None:
+    client.xadd(CHANGES, {"a": "b"}, id=LAST_ID)
+
+
+AUDIT_FAULTS: list[tuple[str, Callable[[redis.Redis, list[Any]], None], str]] = [
+    ("HDEL", _wrong_type(ALIAS), "WRONGTYPE alias:acme holds a string"),
+    ("HSET", _wrong_type(ALIAS + ":heights"), "WRONGTYPE alias:acme:heights holds a string"),
+    ("HDEL", _wrong_type(PROVENANCE), "WRONGTYPE alias:acme:provenance holds a string"),
+    ("HINCRBY", _wrong_type(REMOVALS), "WRONGTYPE alias:acme:removals holds a string"),
+    ("ZREM", _wrong_type(CHILDREN), "WRONGTYPE alias:acme:children holds a string"),
+    ("HSET", _wrong_type(SIZES), "WRONGTYPE alias:acme:sizes holds a string"),
+    ("HSET", _wrong_type(QUARANTINE), "WRONGTYPE alias:acme:quarantine holds a string"),
+    ("XADD", _wrong_type(CHANGES), "WRONGTYPE alias:changes holds a string"),
+    ("XADD", _feed_out_of_ids, "alias:changes has handed out the last possible id"),
+    ("XTRIM", _bad_arg(2, "1e6"), "maxlen arguments must be digits"),
+    ("HINCRBY", _bad_field(REMOVALS, ""), "not a count"),
+    ("HSET", _bad_field(ALIAS + ":heights", ""), "not a count"),
+    ("HSET", _bad_arg(7, "audit:nonsense"), "unknown reason audit:nonsense"),
+    ("HSET", _bad_arg(4, 2), "n x 5 link fields"),
+]
+
+
+@pytest.mark.parametrize(
+    ("write", "fault", "message"),
+    AUDIT_FAULTS,
+    ids=[f"{w}-{m.split()[0]}-{k}" for k, (w, _, m) in enumerate(AUDIT_FAULTS)],
+)
+def test_audit_refused_whole_before_any_write(
+    real_redis: redis.Redis,
+    write: str,
+    fault: Callable[[redis.Redis, list[Any]], None],
+    message: str,
+) -> None:
+    """An audit page that would fail at a write is refused before the first one."""
+    _audited_map(real_redis)
+    args = list(AUDIT_ARGS)
+    fault(real_redis, args)
+    before = _snapshot(real_redis)
+    with pytest.raises(redis.ResponseError, match=message):
+        real_redis.register_script(AUDIT_LUA)(keys=AUDIT_KEYS, args=args)
+    assert _snapshot(real_redis) == before
+    assert write in _writes(AUDIT_SOURCE)
+
+
+def test_every_write_of_audit_lua_has_a_fault_case() -> None:
+    """A new write command in audit.lua or unlinking.lua needs a case above."""
+    assert set(_writes(AUDIT_SOURCE)) == {write for write, _, _ in AUDIT_FAULTS}
+
+
+def test_an_audit_page_over_memory_holds_whole(real_redis: redis.Redis) -> None:
+    """The page's first write (HDEL) cannot grow memory, so Redis lets the whole script run
+    over maxmemory: the link is held whole (removed, held, both feed entries), never partly."""
+    _audited_map(real_redis)
+    _out_of_memory(real_redis, {})
+    try:
+        reply = real_redis.register_script(AUDIT_LUA)(keys=AUDIT_KEYS, args=AUDIT_ARGS)
+    finally:
+        real_redis.config_set("maxmemory", 0)
+    assert reply == [b"held"]
+    assert real_redis.exists(ALIAS, PROVENANCE, CHILDREN, SIZES) == 0
+    assert real_redis.hget(QUARANTINE, "anon").split(b" ")[::3] == [b"real", b"audit:placeholder"]
+    assert [f[b"op"] for _, f in real_redis.xrange(CHANGES)] == [b"unlink", b"quarantine"]
+    assert real_redis.hget(ALIAS + ":heights", "") == b"0"
+
+
+def test_unlink_refused_whole_when_the_feed_is_out_of_ids(real_redis: redis.Redis) -> None:
+    """unlink's checks (shared with forget, approve and audit: first_error) see every key,
+    not only the first: a feed without an id left is found before the link is removed."""
+    _audited_map(real_redis)
+    _feed_out_of_ids(real_redis, [])
+    before = _snapshot(real_redis)
+    keys = [ALIAS, ALIAS + ":heights", PROVENANCE, REMOVALS, CHILDREN, CHANGES, SIZES]
+    with pytest.raises(redis.ResponseError, match="has handed out the last possible id"):
+        real_redis.register_script(UNLINK_LUA)(
+            keys=keys, args=["anon", "0", "op-1", "", "acme", 100, "0"]
+        )
+    assert _snapshot(real_redis) == before

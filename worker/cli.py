@@ -26,7 +26,7 @@ from .deadletters import DeadLetter
 from .errors import BadArgumentError, ConfigError, RedisUnavailableError
 from .explaining import explain as explain_id
 from .logs import configure_logging, get_logger
-from .ops import quarantining, removal
+from .ops import auditing, quarantining, removal
 
 __all__ = ["build_parser", "dead_letters", "main", "settings_from"]
 
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         *ops.transfer_commands(commands),
         *_removal_commands(commands),
         *quarantining.quarantine_commands(commands),
+        auditing.audit_command(commands),
     ]
     for sub in (run, resolve, explain, demo, acl, *operators):
         _add_setting_flags(sub)
@@ -250,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _removal(settings, args)
         if args.command == "quarantine":
             return quarantining.quarantine(settings, args)
+        if args.command == "audit":
+            return auditing.audit(settings, args)
         from .demo import run_demo  # imports fakeredis lazily: only the demo needs it
 
         return run_demo(settings, args.sample)

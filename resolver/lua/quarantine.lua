@@ -22,7 +22,7 @@ local hprev, huser, expected = ARGV[8], ARGV[9], ARGV[10]
 local err = first_error(key_error(key, 'hash'), key_error(hkey, 'hash'),
                         key_error(pkey, 'hash'), key_error(rkey, 'hash'),
                         key_error(ckey, 'zset'), key_error(skey, 'hash'),
-                        key_error(qkey, 'hash'), key_error(changes, 'stream'),
+                        key_error(qkey, 'hash'), key_error(changes, 'stream', true),
                         not_a_count(rkey, ''), not_a_count(hkey, ''))
 if err then return redis.error_reply(err) end
 if not string.find(changes_maxlen, '^%d+$') then

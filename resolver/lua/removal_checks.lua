@@ -1,4 +1,5 @@
--- Checks shared by unlink.lua and forget.lua (prepended to both, after link_rules.lua):
+-- Checks shared by unlink.lua, forget.lua, quarantine.lua and audit.lua (prepended to each,
+-- after link_rules.lua):
 -- everything a write could fail on is ruled out before the first write.
 
 -- nil, or why a counter field cannot be incremented (HINCRBY fails on a non-integer)
@@ -50,8 +51,10 @@ local function indexed(key, ckey)
   return redis.call('ZCARD', ckey) == redis.call('HLEN', key)
 end
 
+-- the first of the errors given (not ipairs: it stops at the first nil, a check that passed)
 local function first_error(...)
-  for _, err in ipairs({...}) do
+  for k = 1, select('#', ...) do
+    local err = select(k, ...)
     if err then return err end
   end
 end

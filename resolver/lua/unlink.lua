@@ -10,15 +10,7 @@
 -- Returns {0} when previous_user_id has no link (nothing to do), else
 -- {1, the removed link's target, {previous_user_id and every id under it}}: the ids whose
 -- resolution changes (from the old root to previous_user_id). A dry run writes nothing.
---
--- Heights: when the children index holds every link of the map, both trees are walked and
--- the old root and previous_user_id (a new root) get their exact heights. Otherwise (links
--- written by another program) they stay upper bounds: the old root keeps its height, and
--- previous_user_id gets the old root's height - its depth, which bounds every chain under it.
--- Sizes likewise: with the whole index, the old root loses the ids under previous_user_id and
--- previous_user_id's component is exactly them; otherwise the old root keeps its size (an
--- upper bound: the cap only ever holds too much, never too little) and previous_user_id gets
--- the ids the index lists under it.
+-- Heights and sizes afterwards: see remove_link (unlinking.lua).
 local key, hkey, pkey, rkey, ckey, changes = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local prev, block, op_id, reason, tenant = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4], ARGV[5]
 local changes_maxlen, dry = ARGV[6], ARGV[7] == '1'
@@ -26,7 +18,7 @@ local skey = KEYS[7]
 
 local err = first_error(key_error(key, 'hash'), key_error(hkey, 'hash'),
                         key_error(pkey, 'hash'), key_error(rkey, 'hash'),
-                        key_error(ckey, 'zset'), key_error(changes, 'stream'),
+                        key_error(ckey, 'zset'), key_error(changes, 'stream', true),
                         key_error(skey, 'hash'))
 if err then return redis.error_reply(err) end
 if not string.find(changes_maxlen, '^%d+$') then
@@ -39,36 +31,7 @@ if dry then return {1, target, affected} end
 err = first_error(not_a_count(rkey, ''), not_a_count(hkey, ''))
 if err then return redis.error_reply(err) end
 
-local root, depth = root_of(key, target)
-local root_height = nil  -- nil: keep the old root's height as it is
-local root_size = nil  -- nil: keep the old root's size (an upper bound)
-if root and indexed(key, ckey) then
-  local rest
-  rest, root_height = subtree(key, ckey, root, prev)
-  root_size = #rest
-elseif root then
-  prev_height = (tonumber(redis.call('HGET', hkey, root)) or 0) - (depth + 1)
-end
-local count = tonumber(redis.call('HGET', hkey, ''))
-
-redis.call('HDEL', key, prev)
-redis.call('HDEL', pkey, prev)
-redis.call('ZREM', ckey, child_member(target, prev))
-if prev_height > 0 then redis.call('HSET', hkey, prev, prev_height) end
-if root_height == 0 then
-  redis.call('HDEL', hkey, root)
-elseif root_height then
-  redis.call('HSET', hkey, root, root_height)
-end
-if #affected > 1 then redis.call('HSET', skey, prev, #affected) end
-if root_size and root_size <= 1 then
-  redis.call('HDEL', skey, root)
-elseif root_size then
-  redis.call('HSET', skey, root, root_size)
-end
-if count and count > 0 then
-  redis.call('HSET', hkey, '', count - 1)
-end
+remove_link(key, hkey, pkey, ckey, skey, prev, target, affected, prev_height, true)
 redis.call('HINCRBY', rkey, '', 1)
 local extra = {}
 if reason ~= '' then extra = {'reason', reason} end

@@ -1,8 +1,8 @@
 """``quarantine list|approve|reject|set-limit``: review the links merge protection held.
 
 The Redis side is the library's (resolver/quarantine.py, lua/quarantine.lua): approve
-re-checks every rule but the size cap atomically and applies the link; reject drops it,
-``--block`` refusing it for good. Needs the stitch-admin ACL user.
+re-checks every rule but the size cap (placeholders here, the rest atomically) and applies
+the link; reject drops it, ``--block`` refusing it for good. Needs the stitch-admin ACL user.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from resolver.erasing import new_op_id
+from resolver.links import LinkRules
 from resolver.quarantine import decide, held_links, set_limit, size_cap
 
 from ..config import Settings
@@ -78,6 +79,7 @@ def quarantine(settings: Settings, args: argparse.Namespace) -> int:
             changes_maxlen=settings.changes_maxlen,
             max_depth=settings.max_chain_depth,
             tombstone_key=settings.tombstone_key.encode() or None,
+            is_placeholder=LinkRules(settings.placeholders).is_placeholder,
         )
     if done.outcome == "missing":
         print(f"nothing held for {args.id!r} in tenant {args.tenant!r}")
