@@ -14,7 +14,7 @@ from .config import Settings
 from .connection import connect
 from .health import Health
 from .metrics import Metrics
-from .placement import Overrides, Placement
+from .placement import OVERRIDES_REFRESH_S, Overrides, Placement
 from .worker import Worker
 
 __all__ = ["JOIN_POLL_S", "Fleet"]
@@ -31,6 +31,7 @@ class Fleet:
         self.settings = settings
         self.workers = workers
         self.overrides = overrides
+        self.refresh_s = OVERRIDES_REFRESH_S
         self._stop = threading.Event()
         self._errors: list[BaseException] = []
 
@@ -67,7 +68,7 @@ class Fleet:
         return dict(sorted(totals.items()))
 
     def run(self, *, drain: bool = False) -> None:
-        self.overrides.watch(self._stop)
+        self.overrides.watch(self._stop, self.refresh_s)
         threads = [
             threading.Thread(
                 target=self._run_one, args=(worker, drain), name=f"shard-{shard}", daemon=True
