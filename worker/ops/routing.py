@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from resolver.heights import _glob_escape
 from resolver.sharding import OVERRIDES_KEY, Route, parse_overrides, route
 from resolver.sharding import shard_of as hashed_shard
 
@@ -155,7 +156,7 @@ def _refuse_if_data(settings: Settings, where: Route, what: str) -> None:
 def _has_alias_keys(client: redis.Redis, alias_key: str) -> str:
     if client.exists(alias_key):
         return f"an alias hash ({alias_key})"
-    for key in client.scan_iter(match=alias_key.replace("*", r"\*") + ":*", count=1000):
+    for key in client.scan_iter(match=_glob_escape(alias_key) + ":*", count=1000):
         return f"keys beside its alias map ({key.decode()})"
     return ""
 
