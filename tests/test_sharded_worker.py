@@ -24,7 +24,6 @@ from worker import Metrics, Settings, Worker
 from worker.cli import main
 from worker.connection import connect
 from worker.fleet import Fleet
-from worker.health import Health
 
 SHARDS = 8
 TENANTS = [f"tenant{n:02d}" for n in range(20)]
@@ -75,7 +74,7 @@ def produce(client: redis.Redis, settings: Settings, entries: list[tuple[str, An
 def run_replicas(settings: list[Settings]) -> list[Fleet]:
     """Each replica's fleet drained in its own thread, as separate pods would run."""
     log = structlog.get_logger("test")
-    fleets = [Fleet.build(s, Metrics(), log, Health(s.stall_after_s)) for s in settings]
+    fleets = [Fleet.build(s, Metrics(), log) for s in settings]
     threads = [threading.Thread(target=f.run, kwargs={"drain": True}) for f in fleets]
     for thread in threads:
         thread.start()
@@ -139,7 +138,7 @@ def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
 @contextlib.contextmanager
 def running(settings: Settings) -> Iterator[Fleet]:
     """A fleet serving until the block ends, re-reading the override table every 50 ms."""
-    fleet = Fleet.build(settings, Metrics(), structlog.get_logger("test"), Health(60))
+    fleet = Fleet.build(settings, Metrics(), structlog.get_logger("test"))
     fleet.refresh_s = 0.05
     thread = threading.Thread(target=fleet.run)
     thread.start()
