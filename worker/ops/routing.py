@@ -54,6 +54,8 @@ def route_commands(commands: Any) -> list[argparse.ArgumentParser]:
     parser.add_argument("--tenant", action="append", required=True, help="repeatable")
     parser.add_argument("--shard", type=int, help="with 'set': the shard to place it on")
     parser.add_argument("--json", action="store_true", help="one JSON object, for tools")
+    parser.usage = "lehnz-stitch route [set] --tenant T [--tenant T2 ...] [--shard S] [--json] "
+    parser.usage += "[--SETTING VALUE ...]"
     return [parser]
 
 
