@@ -44,8 +44,10 @@ _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 SENTINEL_PORT = 26379
 
 
-def connect(settings: Settings) -> redis.Redis:
-    """A RESP2 client whose socket timeout always exceeds BLOCK; retries are the worker's job."""
+def connect(settings: Settings, route_key: str | None = None) -> redis.Redis:
+    """A RESP2 client whose socket timeout always exceeds BLOCK; retries are the worker's job.
+    ``route_key``: the key whose cluster node the client should reach (ignored for now: one
+    node holds every shard)."""
     sentinel = urlsplit(settings.redis_url).scheme in SENTINEL_SCHEMES
     try:
         from_url: dict[str, Any] = (
