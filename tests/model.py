@@ -34,8 +34,14 @@ class AliasModel:
     """(tenant, id) of forgotten ids (the tombstones)."""
     size_cap: int = 1000
     """No link may grow a component (root and every id resolving to it) past this many ids."""
-    held: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
-    """(tenant, previous_user_id) -> (user_id, source_id) of the first held link of an id."""
+    held: dict[tuple[str, str], tuple[str, str, str]] = field(default_factory=dict)
+    """(tenant, previous_user_id) -> (user_id, source_id, reason) of the first held link of
+    an id."""
+    rate_limit: int = 0
+    """No root may take more than this many links (0: any number). Every link of a test
+    falls in one hour: the count is all the root's links so far."""
+    rate_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(tenant, root) -> links into the root while it was one."""
 
     def link(self, tenant: str, prev: str, user: str, source: str = "") -> str:
         """Apply identify(prev -> user) in stream order; returns (and counts) the outcome."""
@@ -58,8 +64,14 @@ class AliasModel:
             outcome = "too_deep"  # prev's deepest id would be height + 1 + depth(user) deep
         elif self.size(tenant, prev) + self.size(tenant, user) > self.size_cap:
             outcome = "quarantined"
-            self.held.setdefault((tenant, prev), (user, source))
+            self.held.setdefault((tenant, prev), (user, source, "size"))
+        elif self.rate_limit and self.rate_counts[tenant, self.resolve(tenant, user)] >= (
+            self.rate_limit
+        ):
+            outcome = "quarantined"
+            self.held.setdefault((tenant, prev), (user, source, "rate"))
         else:
+            self.rate_counts[tenant, self.resolve(tenant, user)] += 1
             links[prev] = user
             outcome = "applied"
             self.sources[tenant, prev] = source

@@ -40,7 +40,7 @@ def test_a_blob_stops_at_the_cap_and_an_approved_link_joins_it(
     for k in range(SHOPPERS):
         sources[f"anon-{k}"] = add(real_redis, "acme", identify("demo", f"anon-{k}"))
         events[f"anon-{k}"] = add(real_redis, "acme", event(f"anon-{k}"))
-    warm = make_worker(real_redis)
+    warm = make_worker(real_redis, max_links_per_root_per_hour=0)  # the size rule alone
     warm.run(drain=True)
     assert real_redis.hget("alias:acme:sizes", "demo") == b"1000"
     assert len(links(real_redis)) == 999

@@ -18,7 +18,7 @@ from resolver import UNRESOLVED, AliasCache, End, walk
 from resolver.heights import heights_key
 from resolver.links import LinkOutcome, LinkRules
 from resolver.provenance import provenance_key, refusals_key
-from resolver.quarantine import quarantine_key, sizes_key
+from resolver.quarantine import protection_key, quarantine_key, sizes_key
 from resolver.removals import children_key, removals_key
 from resolver.resolver import REFUSAL_MEMORY
 
@@ -94,8 +94,8 @@ class _Draft:
 
     def tenant_number(self, tenant: str, key_prefix: str) -> int:
         """The tenant's ordinal in the commit: its alias hash, heights hash, provenance hash
-        refusal log, removals hash, children index, sizes hash and quarantine are the
-        KEYS_PER_TENANT keys at
+        refusal log, removals hash, children index, sizes hash, quarantine and protection hash
+        are the KEYS_PER_TENANT keys at
         KEYS[FIXED_KEYS + KEYS_PER_TENANT * (n - 1) + 1..]."""
         number = self.tenants.get(tenant)
         if number is None:
@@ -110,6 +110,7 @@ class _Draft:
                     children_key(alias_key),
                     sizes_key(alias_key),
                     quarantine_key(alias_key),
+                    protection_key(alias_key),
                 )
             )
             number = self.tenants[tenant] = len(self.tenants) + 1
@@ -214,8 +215,7 @@ class Planner:
         for number, generation, has_tombstones in stale.generations:
             tenant = plan.tenants[number - 1]
             self.generations.adopt(tenant, generation, has_tombstones)
-            self.forget([tenant])
-            self.too_deep.forget_tenant(tenant)  # an unlink can make a chain shorter
+            self.forget([tenant])  # an unlink can make a chain shorter
         deep = set(stale.too_deep)
         self.forget({plan.links[n][0] for n in stale.links if n not in deep})
         for n in deep:
@@ -223,12 +223,15 @@ class Planner:
             self.too_deep.put(tenant, prev, user)
 
     def forget(self, tenants: Iterable[str] | None = None) -> None:
-        """Drop cached paths (of some tenants, or all): what Redis holds may have changed."""
+        """Drop cached paths and remembered refusals (of some tenants, or all): what Redis
+        holds may have changed (a rate hold, unlike a size hold, may apply an hour later)."""
         if tenants is None:
             self.cache.clear()
+            self.too_deep.clear()
             return
         for tenant in tenants:
             self.cache.forget_tenant(tenant)
+            self.too_deep.forget_tenant(tenant)
 
     def _event(self, draft: _Draft, entry: Entry) -> None:
         root = self._resolve(draft, entry.tenant, uid := entry.user_id)
