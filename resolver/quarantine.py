@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_MAX_COMPONENT_SIZE",
     "DEFAULT_MAX_LINKS_PER_ROOT_PER_HOUR",
     "HELD_REASONS",
+    "LARGEST_FIELD",
     "PROTECTION_SUFFIX",
     "QUARANTINE_SUFFIX",
     "SIZES_SUFFIX",
@@ -55,6 +56,8 @@ PROTECTION_SUFFIX = ":protection"
 RATE_LIMIT_FIELD = "max_links_per_hour"
 """The tenant's own STITCH_MAX_LINKS_PER_ROOT_PER_HOUR, in its protection hash."""
 DEFAULT_MAX_LINKS_PER_ROOT_PER_HOUR = 100
+LARGEST_FIELD = "largest"
+"""The largest component a link has made, in the protection hash (for the metrics)."""
 HELD_REASONS = ("size", "rate")
 """Why the link rules hold a link; each has its tally ``held:<reason>``."""
 

@@ -19,6 +19,7 @@ from resolver.feed import ChangeOp
 from resolver.links import LinkOutcome
 
 from .deadletters import DeadLetter
+from .protection_metrics import ProtectionCollector, TenantProtection
 from .server_state import ERROR_KINDS
 
 __all__ = ["DEAD_LETTER_REASONS", "IDENTIFY_OUTCOMES", "GroupStats", "Metrics", "observe_many"]
@@ -241,6 +242,9 @@ class Metrics:
 
     def watch_group(self, read_stats: Callable[[], GroupStats]) -> None:
         self.registry.register(_GroupCollector(read_stats))
+
+    def watch_protection(self, read: Callable[[], list[TenantProtection]]) -> None:
+        self.registry.register(ProtectionCollector(read))
 
     def committed(self) -> None:
         self.last_commit.set(time.time())

@@ -30,6 +30,7 @@ from .outage import Reconnector
 from .parser import Parser
 from .pipeline import Pipeline
 from .planner import Planner
+from .protection_metrics import read_protection
 from .reconnection import Reconnection
 from .recovery import Recovery
 from .replication import ReplicaWait
@@ -97,6 +98,9 @@ class Worker:
         self._next_maintenance = 0.0
         self._next_progress = time.monotonic() + PROGRESS_EVERY_S
         metrics.watch_group(self.stream.group_stats)
+        metrics.watch_protection(
+            lambda: read_protection(client, settings.alias_prefix, self.accounts.tenants)
+        )
 
     @property
     def totals(self) -> Counter[str]:
