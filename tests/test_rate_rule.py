@@ -69,10 +69,14 @@ def test_the_worker_holds_links_past_the_rate_and_the_gauges_show_them(
 
 
 def test_the_hour_slides_over_two_windows(real_redis: redis.Redis) -> None:
-    """Limit 3 through the library: a full window an hour and a minute old still weighs 59/60
-    of its links (2 of 3), so one more link applies and the next is held; two hours old it
-    weighs nothing; a window that starts in the future (a clock set back) keeps counting."""
+    """Limit 3 through the library, roots that have a link: a full window an hour and a
+    minute old still weighs 59/60 of its links (2 of 3), so one more link applies and the next
+    is held; two hours old it weighs nothing; a window that starts in the future (a clock set
+    back) keeps counting."""
     library = Resolver(real_redis, max_links_per_root_per_hour=3)
+    for root in ("u", "v", "w"):
+        assert library.link("acme", root + "-0", root) is LinkOutcome.APPLIED
+        assert window(real_redis, root) is None  # a root's first link: nothing to count yet
     seed_window(real_redis, "u", HOUR_MS + 60_000, 3, 0)
     assert library.link("acme", "a", "u") is LinkOutcome.APPLIED
     start, count, previous = window(real_redis, "u")  # type: ignore[misc]
@@ -91,20 +95,26 @@ def test_the_hour_slides_over_two_windows(real_redis: redis.Redis) -> None:
     assert held(real_redis) == {"b": "rate", "f": "rate", "h": "rate"}
 
 
-def test_a_root_that_gains_a_parent_drops_its_window_and_sizes_go_first(
+def test_first_links_count_a_root_that_gains_a_parent_drops_its_window_sizes_go_first(
     real_redis: redis.Redis,
 ) -> None:
-    """A root linked under another loses its window (it is no longer a root); a link both
-    rules would hold is held for its size."""
-    library = Resolver(real_redis, max_links_per_root_per_hour=1, max_component_size=4)
+    """A root's first link writes no window; its second counts both. A root linked under
+    another loses its window (it is no longer a root); a link both rules would hold is held
+    for its size."""
+    library = Resolver(real_redis, max_links_per_root_per_hour=2, max_component_size=6)
     assert library.link("acme", "a", "r") is LinkOutcome.APPLIED
+    assert window(real_redis, "r") is None
+    assert library.link("acme", "b", "r") is LinkOutcome.APPLIED
+    assert window(real_redis, "r")[1:] == (2, 0)  # type: ignore[index]
+    assert library.link("acme", "c", "r") is LinkOutcome.QUARANTINED
     assert library.link("acme", "r", "s") is LinkOutcome.APPLIED
-    assert window(real_redis, "r") is None and window(real_redis, "s") is not None
-    assert library.link("acme", "b", "s") is LinkOutcome.QUARANTINED
+    assert window(real_redis, "r") is None
+    assert library.link("acme", "d", "s") is LinkOutcome.APPLIED
+    assert library.link("acme", "e", "s") is LinkOutcome.QUARANTINED
     library.link("acme", "x", "y")
     assert library.link("acme", "y", "s") is LinkOutcome.QUARANTINED
-    assert held(real_redis) == {"b": "rate", "y": "size"}
-    assert real_redis.hmget(PROTECTION, "held:size", "held:rate", "largest") == [b"1", b"1", b"3"]
+    assert held(real_redis) == {"c": "rate", "e": "rate", "y": "size"}
+    assert real_redis.hmget(PROTECTION, "held:size", "held:rate", "largest") == [b"1", b"2", b"5"]
 
 
 def test_set_limit_approve_and_reject(real_redis: redis.Redis, redis_server: RedisServer) -> None:

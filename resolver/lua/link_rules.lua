@@ -105,11 +105,14 @@ local function guard_of(gkey, default_limit)
 end
 
 -- A root's rate window as of now: two fixed hour-long windows, the first starting at the
--- root's first counted link, each next one an hour after the last. The hour before now
--- holds about `count + previous * (the part of the previous window still in that hour)`
--- links (the usual sliding-window estimate: exact when the previous window's links were
--- evenly spread). A stored start later than now (a clock set back) keeps its window:
--- a window never rewinds. An unreadable value starts afresh.
+-- root's second link, each next one an hour after the last. The hour before now holds
+-- about `count + previous * (the part of the previous window still in that hour)` links
+-- (the usual sliding-window estimate: exact when the previous window's links were evenly
+-- spread). A root's first link is not counted when it is made (a root without links cannot
+-- have taken too many: no read, no write for most links); a root with links but no window
+-- counts it as made now, so the rule never lets more links through, and holds one link
+-- early at most, in a root's first window. A stored start later than now (a clock set
+-- back) keeps its window: a window never rewinds. An unreadable value counts as missing.
 local function rate_window(gkey, root, pending, now)
   local field, value = '>' .. root, nil
   local staged = pending[gkey]
@@ -117,7 +120,8 @@ local function rate_window(gkey, root, pending, now)
   if value == nil then value = redis.call('HGET', gkey, field) end
   local start, count, previous = string.match(value or '', '^(%d+) (%d+) (%d+)$')
   start, count, previous = tonumber(start), tonumber(count), tonumber(previous)
-  if not start or now >= start + 2 * RATE_WINDOW_MS then return now, 0, 0 end
+  if not start then return now, 1, 0 end  -- the root's first link, made before its window
+  if now >= start + 2 * RATE_WINDOW_MS then return now, 0, 0 end
   if now >= start + RATE_WINDOW_MS then return start + RATE_WINDOW_MS, 0, count end
   return start, count, previous
 end
@@ -184,7 +188,7 @@ local function decide_link(key, hkey, prev, user, max_depth, pending, rkey, hpre
     return 'quarantined', nil, node, height, prev_height, size, 'size'
   end
   local window = nil
-  if guard and guard.limit > 0 then
+  if guard and guard.limit > 0 and node_size > 1 then  -- see rate_window: a root's first link
     window = counted_link(guard, node, pending)
     if not window then return 'quarantined', nil, node, height, prev_height, size, 'rate' end
   end
