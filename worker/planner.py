@@ -10,7 +10,7 @@ refuses the whole batch if any is stale, so a cache can never emit a stale resol
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -222,16 +222,14 @@ class Planner:
             tenant, prev, user = plan.links[n]
             self.too_deep.put(tenant, prev, user)
 
-    def forget(self, tenants: Iterable[str] | None = None) -> None:
+    def forget(self, tenants: Collection[str] | None = None) -> None:
         """Drop cached paths and remembered refusals (of some tenants, or all): what Redis
         holds may have changed (a rate hold, unlike a size hold, may apply an hour later)."""
-        if tenants is None:
-            self.cache.clear()
-            self.too_deep.clear()
-            return
-        for tenant in tenants:
-            self.cache.forget_tenant(tenant)
-            self.too_deep.forget_tenant(tenant)
+        for cache in (self.cache, self.too_deep):
+            if tenants is None:
+                cache.clear()
+            for tenant in tenants or ():
+                cache.forget_tenant(tenant)
 
     def _event(self, draft: _Draft, entry: Entry) -> None:
         root = self._resolve(draft, entry.tenant, uid := entry.user_id)
