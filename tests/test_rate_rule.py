@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from resolver import LinkOutcome, Resolver
-from tests.helpers import add, drain, event, identify, metric, output, settings
+from tests.helpers import add, drain, event, identify, make_worker, metric, output, settings
 from tests.redis_proc import RedisServer
 from tests.test_removals import admin, links
 from worker.ops.import_rows import Row
@@ -164,3 +164,29 @@ def test_import_holds_past_the_rate(real_redis: redis.Redis, redis_server: Redis
     )
     assert held(real_redis) == {"anon-4": "rate", "anon-5": "rate"}
     assert real_redis.hget(PROTECTION, "held:rate") == b"2"
+
+
+def test_a_remembered_rate_hold_applies_once_the_hour_has_passed(
+    real_redis: redis.Redis, redis_server: RedisServer
+) -> None:
+    """A warm worker that cached b and u as roots predicts b -> u applies; it is held for the
+    rate (stale once), then remembered like a size hold; once u's window is two hours old the
+    same identify applies: one more stale commit (the memory predicted a hold) drops the
+    tenant's cached paths, the retry leaves the link to the script, nothing stays pending."""
+    for prev in ("a", "c"):
+        add(real_redis, "acme", identify("u", prev))
+    add(real_redis, "acme", event("b"))
+    add(real_redis, "acme", event("u"))
+    worker = make_worker(real_redis, max_links_per_root_per_hour=2)
+    worker.run(drain=True)
+    add(real_redis, "acme", identify("u", "b"))
+    worker.run(drain=True)
+    assert held(real_redis) == {"b": "rate"}
+    assert metric(worker, "stitch_stale_commits_total") == 1
+    assert admin(redis_server, "quarantine", "reject", "--tenant", "acme", "b")[0] == 0
+    seed_window(real_redis, "u", 2 * HOUR_MS + 1, 2, 0)
+    add(real_redis, "acme", identify("u", "b"))
+    worker.run(drain=True)
+    assert links(real_redis) == {"a": "u", "b": "u", "c": "u"}
+    assert metric(worker, "stitch_stale_commits_total") == 2
+    assert real_redis.xpending("events", "stitch")["pending"] == 0

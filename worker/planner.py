@@ -10,7 +10,7 @@ refuses the whole batch if any is stale, so a cache can never emit a stale resol
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -215,21 +215,21 @@ class Planner:
         for number, generation, has_tombstones in stale.generations:
             tenant = plan.tenants[number - 1]
             self.generations.adopt(tenant, generation, has_tombstones)
-            self.forget([tenant])  # an unlink can make a chain shorter
+            self.forget([tenant])
+            self.too_deep.forget_tenant(tenant)  # an unlink can make a chain shorter
         deep = set(stale.too_deep)
         self.forget({plan.links[n][0] for n in stale.links if n not in deep})
         for n in deep:
             tenant, prev, user = plan.links[n]
             self.too_deep.put(tenant, prev, user)
 
-    def forget(self, tenants: Collection[str] | None = None) -> None:
-        """Drop cached paths and remembered refusals (of some tenants, or all): what Redis
-        holds may have changed (a rate hold, unlike a size hold, may apply an hour later)."""
-        for cache in (self.cache, self.too_deep):
-            if tenants is None:
-                cache.clear()
-            for tenant in tenants or ():
-                cache.forget_tenant(tenant)
+    def forget(self, tenants: Iterable[str] | None = None) -> None:
+        """Drop cached paths (of some tenants, or all): what Redis holds may have changed."""
+        if tenants is None:
+            self.cache.clear()
+            return
+        for tenant in tenants:
+            self.cache.forget_tenant(tenant)
 
     def _event(self, draft: _Draft, entry: Entry) -> None:
         root = self._resolve(draft, entry.tenant, uid := entry.user_id)
