@@ -190,3 +190,24 @@ def test_a_remembered_rate_hold_applies_once_the_hour_has_passed(
     assert links(real_redis) == {"a": "u", "b": "u", "c": "u"}
     assert metric(worker, "stitch_stale_commits_total") == 2
     assert real_redis.xpending("events", "stitch")["pending"] == 0
+
+
+def test_scripts_refuse_a_protection_key_of_the_wrong_type_before_writing(
+    real_redis: redis.Redis, redis_server: RedisServer
+) -> None:
+    """approve and import read the protection hash before their first write: a key of the
+    wrong type fails them with nothing changed."""
+    add(real_redis, "acme", identify("u", "a"))
+    add(real_redis, "acme", identify("u", "b"))
+    drain(real_redis, max_links_per_root_per_hour=1)
+    real_redis.delete(PROTECTION)
+    real_redis.set(PROTECTION, "x")
+    before = {key: real_redis.dump(key) for key in real_redis.keys("*")}
+    code, _, err = admin(redis_server, "quarantine", "approve", "--tenant", "acme", "b")
+    assert code != 0 and "WRONGTYPE" in err
+    chosen = settings(redis_url=redis_server.admin_url)
+    importer = Importer(real_redis, chosen, "acme", "t", dry_run=False)
+    importer.start(chosen.max_chain_depth)
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        importer.apply([[Row(1, "c", "u", None)]])
+    assert {key: real_redis.dump(key) for key in real_redis.keys("*")} == before
