@@ -19,7 +19,7 @@ from .explain import SCAN_CHUNK
 from .heights import heights_key
 from .ids import decode_id, encode_id
 from .provenance import provenance_key, refusals_key
-from .quarantine import quarantine_key, sizes_key
+from .quarantine import protection_key, quarantine_key, sizes_key
 from .removals import TombstoneKeyMissingError, children_key, removals_key, tombstone
 from .scripts import FORGET_LUA, UNLINK_LUA
 
@@ -133,6 +133,7 @@ def forget(
         changes_key,
         sizes_key(alias_key),
         quarantine_key(alias_key),
+        protection_key(alias_key),
     ]
     script = client.register_script(FORGET_LUA)
     head: list[Any] = [encode_id(uid), op_id, reason, tenant, changes_maxlen]

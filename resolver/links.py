@@ -33,7 +33,8 @@ class LinkOutcome(StrEnum):
     """Either side is an erased id (``forget``): it is never linked again."""
     QUARANTINED = "quarantined"
     """The link would grow its target's component past the cap (``STITCH_MAX_COMPONENT_SIZE``
-    or the tenant's own): held in the tenant's quarantine for an operator to decide."""
+    or the tenant's own), or its root took more than ``STITCH_MAX_LINKS_PER_ROOT_PER_HOUR``
+    links within the hour: held in the tenant's quarantine for an operator to decide."""
 
 
 class LinkRules:

@@ -9,6 +9,10 @@ Beside each alias map (see ``lua/link_rules.lua``):
 - ``<alias key>:quarantine`` (hash): ``previous_user_id -> "user_id source_id ms reason"``
   for every held link (the first hold of an id stands). ``user_id`` may hold spaces; the
   other three never do, so the value splits from the right.
+- ``<alias key>:protection`` (hash): the tenant's own rate limit (``max_links_per_hour``),
+  the largest component a link made (``largest``), the held links per reason
+  (``held:<reason>``), all kept by the scripts that write, approve or reject holds so the
+  metrics read them with one HMGET; and the rate rule's window per root (``>`` + root).
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from .scripts import QUARANTINE_LUA
 __all__ = [
     "CAP_FIELD",
     "DEFAULT_MAX_COMPONENT_SIZE",
+    "DEFAULT_MAX_LINKS_PER_ROOT_PER_HOUR",
+    "HELD_REASONS",
+    "LARGEST_FIELD",
+    "PROTECTION_SUFFIX",
     "QUARANTINE_SUFFIX",
     "SIZES_SUFFIX",
     "Decision",
@@ -34,7 +42,9 @@ __all__ = [
     "decide",
     "held_link",
     "held_links",
+    "protection_key",
     "quarantine_key",
+    "rate_limit",
     "review_keys",
     "set_limit",
     "size_cap",
@@ -44,10 +54,31 @@ __all__ = [
 QUARANTINE_SUFFIX = ":quarantine"
 CAP_FIELD = ""
 DEFAULT_MAX_COMPONENT_SIZE = 1000
+PROTECTION_SUFFIX = ":protection"
+RATE_LIMIT_FIELD = "max_links_per_hour"
+"""The tenant's own STITCH_MAX_LINKS_PER_ROOT_PER_HOUR, in its protection hash."""
+DEFAULT_MAX_LINKS_PER_ROOT_PER_HOUR = 100
+LARGEST_FIELD = "largest"
+"""The largest component a link has made, in the protection hash (for the metrics)."""
+HELD_REASONS = (
+    "size",
+    "rate",
+    "audit:placeholder",
+    "audit:blocked",
+    "audit:forgotten",
+    "audit:too_deep",
+    "audit:size",
+)
+"""Why a link is held (the link rules: size, rate; ``audit --apply``: audit:<rule>); each
+has its tally ``held:<reason>``."""
 
 
 def quarantine_key(alias_key: str) -> str:
     return alias_key + QUARANTINE_SUFFIX
+
+
+def protection_key(alias_key: str) -> str:
+    return alias_key + PROTECTION_SUFFIX
 
 
 class Held(NamedTuple):
@@ -82,10 +113,25 @@ def size_cap(client: redis.Redis, alias_key: str, default: int) -> int:
     return default if raw is None else int(raw)
 
 
-def set_limit(client: redis.Redis, alias_key: str, limit: int) -> None:
-    """A tenant's own cap; bumps the generation so every worker forgets the holds it predicts."""
-    pipe = client.pipeline(transaction=False)  # the cap first, then the generation
-    pipe.hset(sizes_key(alias_key), CAP_FIELD, limit)
+def rate_limit(client: redis.Redis, alias_key: str, default: int) -> int:
+    raw: Any = client.hget(protection_key(alias_key), RATE_LIMIT_FIELD)
+    return default if raw is None else int(raw)
+
+
+def set_limit(
+    client: redis.Redis,
+    alias_key: str,
+    limit: int | None = None,
+    *,
+    links_per_hour: int | None = None,
+) -> None:
+    """A tenant's own cap and/or rate limit (0: no rate rule); bumps the generation so every
+    worker forgets the holds it predicts."""
+    pipe = client.pipeline(transaction=False)  # the limits first, then the generation
+    if limit is not None:
+        pipe.hset(sizes_key(alias_key), CAP_FIELD, limit)
+    if links_per_hour is not None:
+        pipe.hset(protection_key(alias_key), RATE_LIMIT_FIELD, links_per_hour)
     pipe.hincrby(removals_key(alias_key), GENERATION_FIELD, 1)
     pipe.execute()
 
@@ -101,6 +147,7 @@ def review_keys(alias_key: str, changes_key: str) -> list[str]:
         sizes_key(alias_key),
         quarantine_key(alias_key),
         changes_key,
+        protection_key(alias_key),
     ]
 
 

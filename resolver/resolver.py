@@ -28,7 +28,13 @@ from .heights import heights_key
 from .ids import decode_id, encode_id
 from .links import LinkOutcome, LinkRules
 from .provenance import provenance_key
-from .quarantine import DEFAULT_MAX_COMPONENT_SIZE, quarantine_key, sizes_key
+from .quarantine import (
+    DEFAULT_MAX_COMPONENT_SIZE,
+    DEFAULT_MAX_LINKS_PER_ROOT_PER_HOUR,
+    protection_key,
+    quarantine_key,
+    sizes_key,
+)
 from .removals import children_key, removals_key, tombstone
 from .scripts import LINK_LUA
 from .walk import End, walk
@@ -70,6 +76,7 @@ class Resolver(Erasing):
         changes_key: str | None = None,
         changes_maxlen: int = DEFAULT_CHANGES_MAXLEN,
         max_component_size: int = DEFAULT_MAX_COMPONENT_SIZE,
+        max_links_per_root_per_hour: int = DEFAULT_MAX_LINKS_PER_ROOT_PER_HOUR,
     ) -> None:
         self.client = client
         self.key_prefix = key_prefix
@@ -77,6 +84,8 @@ class Resolver(Erasing):
         self.max_depth = max_depth
         self.max_component_size = max_component_size
         """The size cap for tenants without their own (a held link: ``quarantined``)."""
+        self.max_links_per_root_per_hour = max_links_per_root_per_hour
+        """The rate rule's limit for tenants without their own (0: off)."""
         self.rules = rules if rules is not None else LinkRules()
         self.too_deep = AliasCache(REFUSAL_MEMORY)
         """prev -> user of links refused as too deep: the refusal is final (heights only
@@ -193,14 +202,9 @@ class Resolver(Erasing):
         source = source_id or f"link:{uuid.uuid4().hex}"
         args: list[Any] = [self.max_depth, previous_user_id, user_id, *macs]
         args += [source, LIBRARY_CONSUMER, self.changes_maxlen, tenant, self.max_component_size]
-        reply = self._link_script(
-            keys=[
-                *(key, self.heights_key(tenant), removals_key(key), children_key(key)),
-                *(provenance_key(key), self.changes_key),
-                *(sizes_key(key), quarantine_key(key)),
-            ],
-            args=args,
-        )
+        args.append(self.max_links_per_root_per_hour)
+        keys = _link_keys(key, self.heights_key(tenant), self.changes_key)
+        reply = self._link_script(keys=keys, args=args)
         outcome = LinkOutcome(decode_id(reply[0]))
         if outcome is LinkOutcome.APPLIED:
             self.cache.put(tenant, previous_user_id, user_id)
@@ -218,3 +222,11 @@ class Resolver(Erasing):
         for tenant in tenants:
             self.cache.forget_tenant(tenant)
             self.too_deep.forget_tenant(tenant)
+
+
+def _link_keys(key: str, heights: str, changes: str) -> list[str]:
+    """link.lua's KEYS."""
+    return [
+        *(key, heights, removals_key(key), children_key(key), provenance_key(key), changes),
+        *(sizes_key(key), quarantine_key(key), protection_key(key)),
+    ]

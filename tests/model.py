@@ -34,8 +34,14 @@ class AliasModel:
     """(tenant, id) of forgotten ids (the tombstones)."""
     size_cap: int = 1000
     """No link may grow a component (root and every id resolving to it) past this many ids."""
-    held: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
-    """(tenant, previous_user_id) -> (user_id, source_id) of the first held link of an id."""
+    held: dict[tuple[str, str], tuple[str, str, str]] = field(default_factory=dict)
+    """(tenant, previous_user_id) -> (user_id, source_id, reason) of the first held link of
+    an id."""
+    rate_limit: int = 0
+    """No root may take more than this many links (0: any number). Every link of a test
+    falls in one hour: the count is all the root's links so far."""
+    rate_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(tenant, root) -> links into the root while it was one."""
 
     def link(self, tenant: str, prev: str, user: str, source: str = "") -> str:
         """Apply identify(prev -> user) in stream order; returns (and counts) the outcome."""
@@ -58,8 +64,14 @@ class AliasModel:
             outcome = "too_deep"  # prev's deepest id would be height + 1 + depth(user) deep
         elif self.size(tenant, prev) + self.size(tenant, user) > self.size_cap:
             outcome = "quarantined"
-            self.held.setdefault((tenant, prev), (user, source))
+            self.held.setdefault((tenant, prev), (user, source, "size"))
+        elif self.rate_limit and self.rate_counts[tenant, self.resolve(tenant, user)] >= (
+            self.rate_limit
+        ):
+            outcome = "quarantined"
+            self.held.setdefault((tenant, prev), (user, source, "rate"))
         else:
+            self.rate_counts[tenant, self.resolve(tenant, user)] += 1
             links[prev] = user
             outcome = "applied"
             self.sources[tenant, prev] = source
@@ -103,11 +115,20 @@ class AliasModel:
         return {root: self.size(tenant, root) for root in {self.resolve(tenant, u) for u in links}}
 
     def forget(self, tenant: str, uid: str) -> set[str]:
-        """Erase uid's component (links, sources, refusals naming it); returns it, or the
-        empty set when uid has no link either way."""
+        """Erase uid's component (links, sources, refusals, holds and blocks naming it);
+        returns it, or the empty set when uid has no link, hold or block either way."""
         members = self.component(tenant, uid)
-        if len(members) == 1:
+        blocks = {b for b in self.blocked if b[0] == tenant and members & {b[1], b[2]}}
+        holds = {
+            key
+            for key, (user, _, _) in self.held.items()
+            if key[0] == tenant and (key[1] in members or user in members)
+        }
+        if len(members) == 1 and not blocks and not holds:
             return set()
+        self.blocked -= blocks
+        for key in holds:
+            del self.held[key]
         links = self.links.get(tenant, {})
         for member in members:
             links.pop(member, None)

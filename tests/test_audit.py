@@ -5,6 +5,7 @@ feed entries and a generation bump), found no more on a re-run, and reviewed as 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 import redis
@@ -101,6 +102,12 @@ def test_apply_holds_them_as_unlink_would_and_a_rerun_finds_nothing(
         for k, v in real_redis.hgetall("alias:acme:quarantine").items()
     }
     assert {(p, h[0], h[3]) for p, h in holds.items()} == EXPECTED
+    tallies = real_redis.hgetall("alias:acme:protection")
+    assert Counter(h[3] for h in holds.values()) == {
+        k.decode().removeprefix("held:"): int(v)
+        for k, v in tallies.items()
+        if k.startswith(b"held:") and int(v)
+    }
     assert not {p for p, _, _ in EXPECTED} & set(links(real_redis))
     assert real_redis.hget("alias:acme:sizes", "demo") == b"4"
     # bumped once per script that held links: the map's one page and the two components

@@ -30,6 +30,7 @@ from worker.acl import ADMIN_USER, WORKER_USER, admin_rules, worker_rules
 from worker.config import Settings
 from worker.connection import redact
 from worker.metrics import GroupStats, Metrics
+from worker.protection_metrics import TenantProtection
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -52,6 +53,7 @@ def _exported_metrics() -> frozenset[str]:
     """Every family and sample name the worker's registry exports (scrape-time gauges too)."""
     metrics = Metrics()
     metrics.watch_group(lambda: GroupStats(lag=1, pending=1, consumers=[("replica", 1, 1.0)]))
+    metrics.watch_protection(lambda: [TenantProtection("t", {"size": 1}, 2)])
     names: set[str] = set()
     for family in metrics.registry.collect():
         names.add(family.name)
@@ -79,6 +81,7 @@ EXPECTED_ALERTS = {
     "StitchReconnectStorm",
     "StitchConsumerStuck",
     "StitchRedisRefusing",
+    "StitchQuarantineGrowing",
 }
 
 

@@ -108,9 +108,9 @@ def decode(plan: Plan) -> Commit:
     n_keys = int(args[2])
     assert n_keys == FIXED_KEYS + KEYS_PER_TENANT * len(plan.tenants)
     keys, argv = args[3 : 3 + n_keys], args[3 + n_keys :]
-    fixed, n_verify, n_entries = argv[:10], int(argv[10]), int(argv[11])
-    generations = argv[12 : 12 + len(plan.tenants)]
-    i = 12 + len(plan.tenants)
+    fixed, n_verify, n_entries = argv[:11], int(argv[11]), int(argv[12])
+    generations = argv[13 : 13 + len(plan.tenants)]
+    i = 13 + len(plan.tenants)
     verify: dict[int, set[bytes]] = {}
     for _ in range(n_verify):
         index, count = int(argv[i]), int(argv[i + 1])
@@ -349,9 +349,10 @@ def test_invalid_and_gone_entries() -> None:
 
 def test_packed_layout() -> None:
     """KEYS are the four streams then each tenant's alias, heights, provenance, refusal,
-    removals, children, sizes and quarantine keys in first-seen order; ARGV opens with group,
-    maxlens, depth, the feed's and refusal logs' maxlens, consumer, alias prefix, what to do
-    with forgotten events and the default max component size, then the verify and entry
+    removals, children, sizes, quarantine and protection keys in first-seen order; ARGV opens
+    with group, maxlens, depth, the feed's and refusal logs' maxlens, consumer, alias prefix,
+    what to do with forgotten events, the default max component size and the default max
+    links per root per hour, then the verify and entry
     counts, then each tenant's generation ("0" until the script reports another)."""
     s: Settings = settings(max_chain_depth=9)
     batch = numbered([ev("x", "b"), ev("y", "a"), ev("z", "b")])
@@ -362,8 +363,10 @@ def test_packed_layout() -> None:
         *(b"events", b"events:enriched", b"events:dead", b"alias:changes"),
         *(b"alias:b", b"alias:b:heights", b"alias:b:provenance", b"alias:b:refusals"),
         *(b"alias:b:removals", b"alias:b:children", b"alias:b:sizes", b"alias:b:quarantine"),
+        b"alias:b:protection",
         *(b"alias:a", b"alias:a:heights", b"alias:a:provenance", b"alias:a:refusals"),
         *(b"alias:a:removals", b"alias:a:children", b"alias:a:sizes", b"alias:a:quarantine"),
+        b"alias:a:protection",
     ]
     assert commit.fixed_args == [
         s.group.encode(),
@@ -376,6 +379,7 @@ def test_packed_layout() -> None:
         b"alias:",
         b"drop",
         b"1000",
+        b"100",
     ]
     assert commit.generations == [b"0", b"0"]
     assert commit.verify == {1: {b"x"}}

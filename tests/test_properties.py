@@ -117,16 +117,20 @@ def check_held(client: redis.Redis, model: AliasModel, tenant: str) -> None:
     assert sizes == model.sizes(tenant)
     assert all(size <= model.size_cap for size in sizes.values())
     held = {
-        (tenant, k.decode()): tuple(v.decode().split(" ")[:2])
+        (tenant, k.decode()): (user, source, reason)
         for k, v in client.hgetall(f"alias:{tenant}:quarantine").items()
+        for user, source, _, reason in [v.decode().split(" ")]
     }
     assert held == {key: value for key, value in model.held.items() if key[0] == tenant}
     fed = [
-        (c.previous_user_id, c.user_id, c.source_id)
-        for c in read_changes(client, "alias:changes")
-        if c.tenant == tenant and c.op is ChangeOp.QUARANTINE
+        tuple(f[k].decode() for k in (b"previous_user_id", b"user_id", b"source_id", b"reason"))
+        for _, f in client.xrange("alias:changes")
+        if f[b"tenant"] == tenant.encode() and f[b"op"] == ChangeOp.QUARANTINE.value.encode()
     ]
     assert sorted(fed) == sorted((k[1], *v) for k, v in held.items())
+    tallies = client.hmget(f"alias:{tenant}:protection", "held:size", "held:rate")
+    by_reason = Counter(reason for _, _, reason in held.values())
+    assert [int(n or 0) for n in tallies] == [by_reason["size"], by_reason["rate"]]
 
 
 def run_workers(
@@ -211,6 +215,7 @@ def check(
     forward_identify: bool = False,
     cap: int = 16,
     size_cap: int = 1000,
+    rate_limit: int = 0,
 ) -> None:
     """The workers' results equal the model's, applied in the order entries committed.
 
@@ -232,6 +237,7 @@ def check(
         forward_identify=forward_identify,
         max_chain_depth=cap,
         max_component_size=size_cap,
+        max_links_per_root_per_hour=rate_limit,
     )
     order = [e["source_id"] for e in output(client)] if forward_identify else ids
     assert sorted(order) == sorted(ids)  # every entry exactly once
@@ -240,7 +246,7 @@ def check(
     for committed in COMMITTED.values():  # each replica keeps its own stream order
         assert committed == sorted(committed)
     op_of = dict(zip(ids, ops, strict=True))
-    model = AliasModel(cap=cap, size_cap=size_cap)
+    model = AliasModel(cap=cap, size_cap=size_cap, rate_limit=rate_limit)
     expected: dict[str, str] = {}
     for source in order:
         kind, tenant, user, prev = op_of[source]
@@ -391,14 +397,28 @@ SIZE_CAPS = st.sampled_from([2, 3, 4])
 predictions (the planner cannot see sizes: it learns each hold once)."""
 
 
+RATE_LIMITS = st.sampled_from([0, 1, 2])
+"""Links per root per hour: with a handful of ids every root soon takes its limit (0: off)."""
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=ops_strategy, replicas=st.integers(1, 3), schedule=schedules, size_cap=SIZE_CAPS)
+@given(
+    ops=ops_strategy,
+    replicas=st.integers(1, 3),
+    schedule=schedules,
+    size_cap=SIZE_CAPS,
+    rate_limit=RATE_LIMITS,
+)
 def test_no_component_outgrows_the_size_cap(
-    ops: list[Op], replicas: int, schedule: Schedule, size_cap: int
+    ops: list[Op], replicas: int, schedule: Schedule, size_cap: int, rate_limit: int
 ) -> None:
-    """Any stream through 1-3 replicas: sizes are the model's, none over the cap, every held
-    link in the quarantine once, every entry acked and every event emitted."""
-    check(fakeredis.FakeRedis(protocol=2), ops, replicas, schedule, size_cap=size_cap)
+    """Any stream through 1-3 replicas: sizes are the model's, none over the cap, no root
+    past its rate limit, every held link in the quarantine once with its reason, every entry
+    acked and every event emitted."""
+    check(
+        fakeredis.FakeRedis(protocol=2), ops, replicas, schedule,
+        size_cap=size_cap, rate_limit=rate_limit,
+    )  # fmt: skip
 
 
 @pytest.mark.redis_server
@@ -413,6 +433,7 @@ def test_no_component_outgrows_the_size_cap(
     schedule=schedules,
     forward=st.booleans(),
     size_cap=SIZE_CAPS,
+    rate_limit=RATE_LIMITS,
 )
 def test_no_component_outgrows_the_size_cap_on_real_redis(
     redis_server: RedisServer,
@@ -421,7 +442,9 @@ def test_no_component_outgrows_the_size_cap_on_real_redis(
     schedule: Schedule,
     forward: bool,
     size_cap: int,
+    rate_limit: int,
 ) -> None:
     check(
-        redis_server.client(), ops, replicas, schedule, forward_identify=forward, size_cap=size_cap
-    )
+        redis_server.client(), ops, replicas, schedule,
+        forward_identify=forward, size_cap=size_cap, rate_limit=rate_limit,
+    )  # fmt: skip

@@ -51,7 +51,7 @@ def test_a_blob_stops_at_the_cap_and_an_approved_link_joins_it(
     for k in range(SHOPPERS):
         sources[f"anon-{k}"] = add(real_redis, "acme", identify("demo", f"anon-{k}"))
         events[f"anon-{k}"] = add(real_redis, "acme", event(f"anon-{k}"))
-    warm = make_worker(real_redis)
+    warm = make_worker(real_redis, max_links_per_root_per_hour=0)  # the size rule alone
     warm.run(drain=True)
     assert real_redis.hget("alias:acme:sizes", "demo") == b"1000"
     assert len(links(real_redis)) == 999
@@ -185,3 +185,27 @@ def test_forget_leaves_no_byte_of_the_id_in_holds_or_anywhere_else(
         code, out, err = admin(redis_server, *args, "--tenant", "acme", STITCH_TOMBSTONE_KEY=KEY)
         assert code == 0, err
     assert json.loads(out)["tombstones"] == 1 and holding(real_redis, "x-prev") == []
+
+
+def test_forget_erases_the_rate_window_and_the_tallies_of_its_holds(
+    real_redis: redis.Redis, redis_server: RedisServer
+) -> None:
+    """A root's rate window names it ('>' + root in the protection hash): forget erases it,
+    and the holds forget drops leave the gauges' tallies."""
+    code, _, err = admin(
+        redis_server, "quarantine", "set-limit", "--tenant", "acme", "--max-links-per-hour", "2"
+    )
+    assert code == 0, err
+    for prev in ("a", "b", "c", "d"):
+        add(real_redis, "acme", identify(SHARED, prev))
+    drain(real_redis, tombstone_key=KEY)
+    protection = "alias:acme:protection"
+    assert set(held(real_redis)) == {"c", "d"}
+    assert real_redis.hget(protection, "held:rate") == b"2"
+    assert real_redis.hexists(protection, ">" + SHARED)
+    code, _, err = admin(
+        redis_server, "forget", "--tenant", "acme", SHARED, STITCH_TOMBSTONE_KEY=KEY
+    )
+    assert code == 0, err
+    assert holding(real_redis, SHARED) == [] and held(real_redis) == {}
+    assert real_redis.hget(protection, "held:rate") == b"0"

@@ -28,7 +28,7 @@ WRITES |= {"ZADD", "ZREM", "HINCRBY", "HSETNX"}
 ALIAS = "alias:acme"
 CHANGES, PROVENANCE, REFUSALS = "alias:changes", ALIAS + ":provenance", ALIAS + ":refusals"
 REMOVALS, CHILDREN = ALIAS + ":removals", ALIAS + ":children"
-SIZES, QUARANTINE = ALIAS + ":sizes", ALIAS + ":quarantine"
+SIZES, QUARANTINE, PROTECTION = ALIAS + ":sizes", ALIAS + ":quarantine", ALIAS + ":protection"
 LAST_ID = "18446744073709551615-18446744073709551615"
 Batch = dict[str, Any]
 
@@ -56,8 +56,8 @@ def _batch(client: redis.Redis) -> Batch:
         [ids[3], "p", 0, 1, "null", "real"],
     ]
     keys = [INPUT, OUTPUT, DEAD, CHANGES, ALIAS, ALIAS + ":heights", PROVENANCE, REFUSALS]
-    keys += [REMOVALS, CHILDREN, SIZES, QUARANTINE]
-    fixed = ["stitch", 100, 100, 32, 100, 100, "c1", "alias:", "drop", 1000]
+    keys += [REMOVALS, CHILDREN, SIZES, QUARANTINE, PROTECTION]
+    fixed = ["stitch", 100, 100, 32, 100, 100, "c1", "alias:", "drop", 1000, 100]
     return {"keys": keys, "fixed": fixed, "entries": entries}
 
 
@@ -159,6 +159,15 @@ def _quarantine_not_hash(client: redis.Redis, batch: Batch) -> None:  # HSETNX a
     client.set(QUARANTINE, "x")
 
 
+def _protection_not_hash(client: redis.Redis, batch: Batch) -> None:  # HSET a rate window
+    client.set(PROTECTION, "x")
+
+
+def _held_tally_not_hash(client: redis.Redis, batch: Batch) -> None:  # HSET held:rate
+    client.hset(SIZES, "", 1)  # held, so the write is the tally's
+    client.rpush(PROTECTION, "x")
+
+
 def _out_of_memory(client: redis.Redis, batch: Batch) -> None:  # the first write: OOM
     client.config_set("maxmemory-policy", "noeviction")
     client.config_set("maxmemory", 1)
@@ -187,6 +196,8 @@ FAULTS: list[tuple[str, Callable[[redis.Redis, Batch], None], str]] = [
     ("HDEL", _heights_not_hash, "WRONGTYPE"),
     ("HSET", _sizes_not_hash, "WRONGTYPE"),
     ("HSETNX", _quarantine_not_hash, "WRONGTYPE alias:acme:quarantine holds a string"),
+    ("HSET", _protection_not_hash, "WRONGTYPE"),
+    ("HSET", _held_tally_not_hash, "WRONGTYPE"),
     ("HSET", _out_of_memory, "command not allowed when used memory"),
 ]
 
@@ -242,7 +253,7 @@ def test_single_write_scripts_write_last() -> None:
     rest = [line.strip() for line in lines[writes[0] + 1 :]]
     assert all(line.startswith(("return", "end")) for line in rest), rest
     link = (ROOT / "resolver/lua/link.lua").read_text().strip().splitlines()
-    [clock] = [n for n, line in enumerate(link) if "redis.call('TIME')" in line]
+    [clock] = [n for n, line in enumerate(link) if "now_ms()" in line]
     assert not _writes("\n".join(link[:clock]))  # every check comes before the clock,
     assert "write_staged(" in "\n".join(link[clock:])  # every write after it
     writer = LINK_RULES_LUA.index("local function write_staged")
@@ -250,9 +261,9 @@ def test_single_write_scripts_write_last() -> None:
     assert "\nlocal function" not in LINK_RULES_LUA[writer + 1 :]
 
 
-LINK_ARGS = [32, "anon", "real", "", "", "op-1", "test", 100, "acme", 1000]
+LINK_ARGS = [32, "anon", "real", "", "", "op-1", "test", 100, "acme", 1000, 100]
 LINK_KEYS = [ALIAS, ALIAS + ":heights", "alias:acme:removals", "alias:acme:children"]
-LINK_KEYS += ["alias:acme:provenance", "alias:changes", SIZES, QUARANTINE]
+LINK_KEYS += ["alias:acme:provenance", "alias:changes", SIZES, QUARANTINE, PROTECTION]
 
 
 def test_link_script_fails_at_its_read_or_its_only_write(real_redis: redis.Redis) -> None:
@@ -278,6 +289,7 @@ def test_link_script_fails_at_its_read_or_its_only_write(real_redis: redis.Redis
         ("alias:acme:provenance", "x", "WRONGTYPE alias:acme:provenance holds a string"),
         ("alias:changes", "x", "WRONGTYPE alias:changes holds a string"),
         ("alias:acme:children", "x", "WRONGTYPE alias:acme:children holds a string"),
+        (PROTECTION, "x", "WRONGTYPE"),
     ],
 )
 def test_library_link_refused_before_its_first_write(
@@ -311,7 +323,7 @@ def test_over_memory_a_batch_that_acks_first_commits_whole(real_redis: redis.Red
 
 
 AUDIT_KEYS = [ALIAS, ALIAS + ":heights", PROVENANCE, REMOVALS, CHILDREN, SIZES, QUARANTINE]
-AUDIT_KEYS += [CHANGES]
+AUDIT_KEYS += [CHANGES, PROTECTION]
 AUDIT_ARGS = ["op-1", "acme", 100, 32, 1, "anon", "real", "audit:placeholder", "", ""]
 AUDIT_SOURCE = (ROOT / "resolver/lua/audit.lua").read_text()
 AUDIT_SOURCE += (ROOT / "resolver/lua/unlinking.lua").read_text()
@@ -360,6 +372,7 @@ AUDIT_FAULTS: list[tuple[str, Callable[[redis.Redis, list[Any]], None], str]] = 
     ("ZREM", _wrong_type(CHILDREN), "WRONGTYPE alias:acme:children holds a string"),
     ("HSET", _wrong_type(SIZES), "WRONGTYPE alias:acme:sizes holds a string"),
     ("HSET", _wrong_type(QUARANTINE), "WRONGTYPE alias:acme:quarantine holds a string"),
+    ("HSET", _wrong_type(PROTECTION), "WRONGTYPE alias:acme:protection holds a string"),
     ("XADD", _wrong_type(CHANGES), "WRONGTYPE alias:changes holds a string"),
     ("XADD", _feed_out_of_ids, "alias:changes has handed out the last possible id"),
     ("XTRIM", _bad_arg(2, "1e6"), "maxlen arguments must be digits"),

@@ -28,7 +28,7 @@ LOGGED = (*REFUSED, LinkOutcome.PLACEHOLDER)
 class Accountant:
     """The committer's sink: metrics, the run's totals, the log and the liveness beat."""
 
-    __slots__ = ("cache", "health", "log", "metrics", "totals")
+    __slots__ = ("cache", "health", "log", "metrics", "tenants", "totals")
 
     def __init__(self, metrics: Metrics, health: Health, cache: AliasCache, log: Any) -> None:
         self.metrics = metrics
@@ -36,12 +36,15 @@ class Accountant:
         self.cache = cache
         self.log = log
         self.totals: Counter[str] = Counter()
+        self.tenants: set[str] = set()
+        """Every tenant a committed batch named (merge protection's gauges read them)."""
 
     def committed(
         self, entries: list[Entry], plan: Plan, result: Committed, elapsed_s: float
     ) -> None:
         self.batch(entries, plan, result)
         self.resolver(plan, result)
+        self.tenants.update(plan.tenants)
         self.metrics.batch_seconds.observe(elapsed_s)
         self.health.beat()
 

@@ -4,7 +4,8 @@
 found by running the whole suite as that user with an empty ``ACL LOG`` afterwards; commands
 inside its Lua scripts are checked against the same rules, so the scripts' XACK, XADD,
 XTRIM, HSET, TYPE, XINFO STREAM, TIME, XPENDING, XINFO CONSUMERS and XGROUP DELCONSUMER are
-listed too; what it may delete is confined to the heights and sizes hashes by an ACL selector.
+listed too; what it may delete is confined to the heights, sizes and protection hashes by an
+ACL selector.
 ``stitch-admin`` adds what operators and the governance commands need. Both are confined
 to the four keys (patterns) the settings name; ``lehnz-stitch acl`` prints the lines.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 
 from resolver.heights import HEIGHTS_SUFFIX, SCRATCH_SUFFIX, SIZES_SUFFIX
+from resolver.quarantine import PROTECTION_SUFFIX
 from resolver.sharding import OVERRIDES_KEY
 
 from .config import Settings
@@ -143,13 +145,15 @@ def key_patterns(settings: Settings) -> list[str]:
 
 
 def heights_selector(settings: Settings) -> str:
-    """HEIGHTS_COMMANDS on ``<prefix>*:heights`` and its scratch copy, and on the sizes hashes
-    (a root that gains a parent loses its size too), nothing else."""
+    """HEIGHTS_COMMANDS on ``<prefix>*:heights`` and its scratch copy, and on the sizes and
+    protection hashes (a root that gains a parent loses its size and rate window too),
+    nothing else."""
     patterns = []
     for names in _layouts(settings):
         heights = _literal(names.alias_prefix) + "*" + HEIGHTS_SUFFIX
         sizes = _literal(names.alias_prefix) + "*" + SIZES_SUFFIX
-        patterns += [heights, heights + SCRATCH_SUFFIX, sizes, sizes + SCRATCH_SUFFIX]
+        protection = _literal(names.alias_prefix) + "*" + PROTECTION_SUFFIX
+        patterns += [heights, heights + SCRATCH_SUFFIX, sizes, sizes + SCRATCH_SUFFIX, protection]
     return f"({' '.join(HEIGHTS_COMMANDS)} {' '.join('~' + p for p in patterns)})"
 
 

@@ -75,6 +75,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cache_size: Annotated[int, msgspec.Meta(ge=2)] = 1_000_000
     max_chain_depth: Annotated[int, msgspec.Meta(ge=1, le=1_000)] = DEFAULT_MAX_DEPTH
     max_component_size: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    max_links_per_root_per_hour: NonNegativeInt = 100
     max_event_bytes: PositiveInt = 64 * 1024
     max_entry_bytes: PositiveInt = 128 * 1024
     max_fields: Annotated[int, msgspec.Meta(ge=2, le=MAX_FIELDS_CAP)] = 64

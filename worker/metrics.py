@@ -19,6 +19,7 @@ from resolver.feed import ChangeOp
 from resolver.links import LinkOutcome
 
 from .deadletters import DeadLetter
+from .protection_metrics import ProtectionCollector, TenantProtection
 from .server_state import ERROR_KINDS
 
 __all__ = ["DEAD_LETTER_REASONS", "IDENTIFY_OUTCOMES", "GroupStats", "Metrics", "observe_many"]
@@ -122,6 +123,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._groups: _GroupCollector | None = None
+        self._protection: ProtectionCollector | None = None
         r = self.registry
         self.entries_read = Counter("stitch_entries_read", "Stream entries read.", registry=r)
         self.events_emitted = Counter(
@@ -257,6 +259,13 @@ class Metrics:
             self._groups = _GroupCollector()
             self.registry.register(self._groups)
         self._groups.readers[str(shard)] = read_stats
+
+    def watch_protection(self, read: Callable[[], list[TenantProtection]], shard: int = 0) -> None:
+        """Export the quarantine gauges of the tenants ``shard``'s worker has seen."""
+        if self._protection is None:
+            self._protection = ProtectionCollector()
+            self.registry.register(self._protection)
+        self._protection.readers[str(shard)] = read
 
     def committed(self) -> None:
         self.last_commit.set(time.time())

@@ -18,7 +18,7 @@ from resolver import UNRESOLVED, AliasCache, End, walk
 from resolver.heights import heights_key
 from resolver.links import LinkOutcome, LinkRules
 from resolver.provenance import provenance_key, refusals_key
-from resolver.quarantine import quarantine_key, sizes_key
+from resolver.quarantine import protection_key, quarantine_key, sizes_key
 from resolver.removals import children_key, removals_key
 from resolver.resolver import REFUSAL_MEMORY
 
@@ -94,8 +94,8 @@ class _Draft:
 
     def tenant_number(self, tenant: str, key_prefix: str) -> int:
         """The tenant's ordinal in the commit: its alias hash, heights hash, provenance hash
-        refusal log, removals hash, children index, sizes hash and quarantine are the
-        KEYS_PER_TENANT keys at
+        refusal log, removals hash, children index, sizes hash, quarantine and protection hash
+        are the KEYS_PER_TENANT keys at
         KEYS[FIXED_KEYS + KEYS_PER_TENANT * (n - 1) + 1..]."""
         number = self.tenants.get(tenant)
         if number is None:
@@ -110,6 +110,7 @@ class _Draft:
                     children_key(alias_key),
                     sizes_key(alias_key),
                     quarantine_key(alias_key),
+                    protection_key(alias_key),
                 )
             )
             number = self.tenants[tenant] = len(self.tenants) + 1

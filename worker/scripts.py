@@ -30,10 +30,11 @@ FIXED_KEYS = 4
 KEYS_PER_TENANT keys per tenant of the batch follow, addressed by the tenant's ordinal n (see
 commit.lua)."""
 
-KEYS_PER_TENANT = 8
+KEYS_PER_TENANT = 9
 """A tenant's alias hash, its heights hash (resolver/heights.py), its provenance hash and its
 refusal log (resolver/provenance.py), its removals hash and children index
-(resolver/removals.py), its sizes hash and quarantine (resolver/quarantine.py)."""
+(resolver/removals.py), its sizes hash, quarantine and protection hash
+(resolver/quarantine.py)."""
 
 COMMIT_LUA = (
     f"local FIXED_KEYS, KEYS_PER_TENANT = {FIXED_KEYS}, {KEYS_PER_TENANT}\n"
@@ -72,6 +73,7 @@ class CommitCommand:
             settings.alias_prefix,
             settings.forgotten_events,
             settings.max_component_size,
+            settings.max_links_per_root_per_hour,
         )
 
     def pack(

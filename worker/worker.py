@@ -31,6 +31,7 @@ from .parser import Parser
 from .pipeline import Pipeline
 from .placement import Placement
 from .planner import Planner
+from .protection_metrics import read_protection
 from .reconnection import Reconnection
 from .recovery import Recovery
 from .replication import ReplicaWait
@@ -102,6 +103,10 @@ class Worker:
         self._next_maintenance = 0.0
         self._next_progress = time.monotonic() + PROGRESS_EVERY_S
         metrics.watch_group(self.stream.group_stats, placement.shard if placement else 0)
+        metrics.watch_protection(
+            lambda: read_protection(client, settings.alias_prefix, self.accounts.tenants),
+            placement.shard if placement else 0,
+        )
 
     @property
     def totals(self) -> Counter[str]:

@@ -8,7 +8,7 @@
 -- first write; reads in between cannot fail.
 --
 -- KEYS: alias hash, heights hash, provenance hash, removals hash, children index, sizes hash,
---   quarantine hash, change feed
+--   quarantine hash, change feed, protection hash (each hold adds one to its reason's tally)
 -- ARGV: op id, tenant, change feed maxlen, max chain depth, n, then n x (previous_user_id,
 --   its user_id as found, reason, tombstone HMACs of both ids ('' without the key))
 -- Reasons and what is checked again here: audit:placeholder (nothing: ids do not change),
@@ -17,8 +17,8 @@
 -- caller's choice of which links leave a component over the cap stands).
 -- Returns one status per link: 'held', 'changed' (no longer linked so), 'kept' (no longer
 -- breaks the rule), 'already_held' (previous_user_id has a hold already: the first stands).
-local key, hkey, pkey, rkey, ckey, skey, qkey, changes =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local key, hkey, pkey, rkey, ckey, skey, qkey, changes, gkey =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local op_id, tenant, changes_maxlen = ARGV[1], ARGV[2], ARGV[3]
 local max_depth, n = tonumber(ARGV[4]), tonumber(ARGV[5])
 local FIELDS = 5
@@ -44,7 +44,8 @@ end
 local err = first_error(key_error(key, 'hash'), key_error(hkey, 'hash'),
                         key_error(pkey, 'hash'), key_error(rkey, 'hash'),
                         key_error(ckey, 'zset'), key_error(skey, 'hash'),
-                        key_error(qkey, 'hash'), key_error(changes, 'stream', true))
+                        key_error(qkey, 'hash'), key_error(changes, 'stream', true),
+                        key_error(gkey, 'hash'))
 if err then return redis.error_reply(err) end
 err = first_error(not_a_count(rkey, ''), not_a_count(hkey, ''))
 if err then return redis.error_reply(err) end
@@ -61,6 +62,11 @@ for k = 6, #ARGV, FIELDS do
 end
 local now = redis.call('TIME')
 local ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
+
+local tallies = {}
+for reason in pairs(checked('', '', '', '')) do
+  tallies[reason] = tonumber(redis.call('HGET', gkey, 'held:' .. reason)) or 0
+end
 
 local statuses, roots, held = {}, {}, 0
 for k = 6, #ARGV, FIELDS do
@@ -87,6 +93,7 @@ for k = 6, #ARGV, FIELDS do
     redis.call('XADD', changes, '*', 'tenant', tenant, 'op', 'quarantine', 'previous_user_id',
                prev, 'user_id', target, 'root', prev, 'source_id', op_id, 'reason', reason)
     held = held + 1
+    tallies[reason] = tallies[reason] + 1
   end
   statuses[#statuses + 1] = status
 end
@@ -105,6 +112,7 @@ if indexed(key, ckey) then
   end
 end
 redis.call('HINCRBY', rkey, '', 1)
+for reason, n in pairs(tallies) do redis.call('HSET', gkey, 'held:' .. reason, n) end
 if changes_maxlen ~= '0' then
   redis.call('XTRIM', changes, 'MAXLEN', '~', changes_maxlen)
 end

@@ -6,7 +6,8 @@
 -- KEYS: alias hash, heights hash, provenance hash, refusal log, removals hash, children
 --   index, change feed, sizes hash, quarantine hash (the held links of erased ids go too,
 --   and those whose user_id is erased: the quarantine is read whole, with HSCAN, as
---   nothing indexes holds by target; it is normally small)
+--   nothing indexes holds by target; it is normally small), protection hash (the erased
+--   roots' rate windows go, and each dropped hold leaves its reason's tally)
 -- ARGV: id, op id, reason ('' for none), tenant, change feed maxlen, dry run ('1' | '0'),
 --   the refusal-log id the caller's scan ended at ('0': it read nothing), n, then n x
 --   (member, its HMAC): the component as the caller found it (its root first), then m and m
@@ -19,7 +20,7 @@
 -- holds dropped}.
 local key, hkey, pkey, log, rkey, ckey, changes =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local skey, qkey = KEYS[8], KEYS[9]
+local skey, qkey, gkey = KEYS[8], KEYS[9], KEYS[10]
 local id, op_id, reason, tenant, changes_maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local dry, scanned_to, n = ARGV[6] == '1', ARGV[7], tonumber(ARGV[8])
 local blocks = {}
@@ -32,7 +33,7 @@ local err = first_error(key_error(key, 'hash'), key_error(hkey, 'hash'),
                         key_error(pkey, 'hash'), key_error(log, 'stream'),
                         key_error(rkey, 'hash'), key_error(ckey, 'zset'),
                         key_error(changes, 'stream', true), key_error(skey, 'hash'),
-                        key_error(qkey, 'hash'))
+                        key_error(qkey, 'hash'), key_error(gkey, 'hash'))
 if err then return redis.error_reply(err) end
 if not string.find(changes_maxlen, '^%d+$') then
   return redis.error_reply('ERR maxlen arguments must be digits')
@@ -46,14 +47,21 @@ local members = subtree(key, ckey, root)
 local member_set = {}
 for _, m in ipairs(members) do member_set[m] = true end
 -- held links whose user_id is erased (those of an erased previous_user_id go below)
-local holds = {}
+local holds, tallies = {}, {}
+local function tally_drop(entry)
+  local field = 'held:' .. string.match(entry, ' (%S+)$')
+  tallies[field] = (tallies[field] or tonumber(redis.call('HGET', gkey, field)) or 0) - 1
+end
 local cursor = '0'
 repeat
   local page = redis.call('HSCAN', qkey, cursor, 'COUNT', 1000)
   cursor = page[1]
   for f = 1, #page[2], 2 do
     local user = string.match(page[2][f + 1], '^(.*) %S+ %S+ %S+$')
-    if member_set[user] and not member_set[page[2][f]] then holds[#holds + 1] = page[2][f] end
+    if member_set[user] and not member_set[page[2][f]] then
+      holds[#holds + 1] = page[2][f]
+      tally_drop(page[2][f + 1])
+    end
   end
 until cursor == '0'
 -- a root without children and nothing held for or into it: no link either way
@@ -69,6 +77,10 @@ for _, m in ipairs(members) do
   if not given[m] then same = false end
 end
 if not same then return {2, members} end
+for _, m in ipairs(members) do
+  local held = redis.call('HGET', qkey, m)
+  if held then tally_drop(held) end
+end
 err = first_error(not_a_count(rkey, ''), not_a_count(rkey, '#'), not_a_count(hkey, ''))
 if err then return redis.error_reply(err) end
 
@@ -103,6 +115,7 @@ for _, m in ipairs(members) do
   redis.call('HDEL', pkey, m)
   redis.call('HDEL', hkey, m)
   redis.call('HDEL', skey, m)
+  redis.call('HDEL', gkey, '>' .. m)
   dropped = dropped + redis.call('HDEL', qkey, m)
   redis.call('HSET', rkey, 't' .. given[m], op_id)
 end
@@ -116,6 +129,7 @@ end
 for first = 1, #holds, 1000 do
   dropped = dropped + redis.call('HDEL', qkey, unpack(holds, first, math.min(first + 999, #holds)))
 end
+for field, n in pairs(tallies) do redis.call('HSET', gkey, field, math.max(n, 0)) end
 for first = 1, #doomed, 1000 do
   redis.call('XDEL', log, unpack(doomed, first, math.min(first + 999, #doomed)))
 end

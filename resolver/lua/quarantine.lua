@@ -1,11 +1,13 @@
 -- An operator's decision on one held link (link_rules.lua is prepended): approve applies it
--- under every rule but the size cap (first link wins, cycle, depth, block, tombstone; a link
+-- under every rule but the size cap and the rate rule (first link wins, cycle, depth, block, tombstone; a link
 -- that now breaks one stays held and the reason is returned), reject removes it, optionally
 -- blocking it for good (which bumps the generation, as unlink's block does). Either way with
--- its change-feed entry; an applied link gets its provenance as the worker writes it.
+-- its change-feed entry; an applied link gets its provenance as the worker writes it. The
+-- hold's reason tally in the protection hash drops by one; an approved link is not counted
+-- in its root's rate window (the operator decided it, not traffic).
 --
 -- KEYS: alias hash, heights hash, provenance hash, removals hash, children index, sizes hash,
---   quarantine hash, change feed
+--   quarantine hash, change feed, protection hash
 -- ARGV: 'approve' | 'reject' | 'reject-block', previous_user_id, max chain depth, op id,
 --   tenant, consumer, change feed maxlen, tombstone HMACs of previous_user_id and of the held
 --   user_id ('' without STITCH_TOMBSTONE_KEY; the caller reads the held user_id first and
@@ -15,6 +17,7 @@
 -- refusal (kept) for approve, 'rejected' for reject.
 local key, hkey, pkey, rkey, ckey, skey, qkey, changes =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local gkey = KEYS[9]
 local mode, prev, max_depth, op_id = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local tenant, consumer, changes_maxlen = ARGV[5], ARGV[6], ARGV[7]
 local hprev, huser, expected = ARGV[8], ARGV[9], ARGV[10]
@@ -23,6 +26,7 @@ local err = first_error(key_error(key, 'hash'), key_error(hkey, 'hash'),
                         key_error(pkey, 'hash'), key_error(rkey, 'hash'),
                         key_error(ckey, 'zset'), key_error(skey, 'hash'),
                         key_error(qkey, 'hash'), key_error(changes, 'stream', true),
+                        key_error(gkey, 'hash'),
                         not_a_count(rkey, ''), not_a_count(hkey, ''))
 if err then return redis.error_reply(err) end
 if not string.find(changes_maxlen, '^%d+$') then
@@ -37,8 +41,11 @@ if tonumber(meta[2] or '0') > 0 and (hprev == '' or huser == '') then
   return redis.error_reply('ERR ' .. key .. ' has tombstones: approving needs ' ..
                            'STITCH_TOMBSTONE_KEY to check them')
 end
-local now = redis.call('TIME')
-local ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
+local ms = now_ms()
+local guard = guard_of(gkey, 0)
+guard.limit = 0  -- the operator overrides the rate rule too
+local tally = 'held:' .. string.match(entry, ' (%S+)$')
+local tallied = math.max((tonumber(redis.call('HGET', gkey, tally)) or 0) - 1, 0)
 
 local function feed(op, root, ...)
   redis.call('XADD', changes, '*', 'tenant', tenant, 'op', op, 'previous_user_id', prev,
@@ -50,11 +57,14 @@ if mode == 'approve' then
   if (meta[1] or '0') ~= '0' then rules_key = rkey end
   local pending = {}
   local outcome, _, root, height, prev_height, size =
-    decide_link(key, hkey, prev, user, max_depth, pending, rules_key, hprev, huser, skey, nil)
+    decide_link(key, hkey, prev, user, max_depth, pending, rules_key, hprev, huser, skey, nil,
+                guard)
   if outcome ~= 'applied' and outcome ~= 'noop' then return {outcome, user, prev} end
   redis.call('HDEL', qkey, prev)
+  redis.call('HSET', gkey, tally, tallied)
   if outcome == 'applied' then
-    stage_link(key, hkey, ckey, prev, user, root, height, prev_height, pending, skey, size)
+    stage_link(key, hkey, ckey, prev, user, root, height, prev_height, pending, skey, size,
+               guard)
     write_staged(pending)
     redis.call('HSET', pkey, prev, op_id .. ' ' .. ms .. ' ' .. consumer)
   end
@@ -64,6 +74,7 @@ if mode == 'approve' then
 end
 
 redis.call('HDEL', qkey, prev)
+redis.call('HSET', gkey, tally, tallied)
 feed('reject', prev)
 if mode == 'reject-block' then
   redis.call('HSET', rkey, block_field(prev, user), op_id)

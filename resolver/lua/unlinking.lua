@@ -27,7 +27,9 @@ local function remove_link(key, hkey, pkey, ckey, skey, prev, target, affected, 
     if not exact then
       prev_height = (tonumber(redis.call('HGET', hkey, root)) or 0) - (depth + 1)
     end
-    if not walk_root then root_size = size_of(skey, root, {}) - #affected end
+    if not walk_root then
+      root_size = (tonumber(redis.call('HGET', skey, root)) or 1) - #affected
+    end
   end
   local count = tonumber(redis.call('HGET', hkey, ''))
 

@@ -13,17 +13,18 @@
 --    first link of an id stands, so a redelivered identify is a noop and adds nothing), then
 --    XACK every entry and emit (or log a refused identify) only where XACK returned 1, so a
 --    redelivered or doubly claimed entry is never emitted or logged twice. A link the size cap
---    holds ('quarantined') is written to the tenant's quarantine (HSETNX: the first hold of an
---    id stands) with a `quarantine` feed entry, likewise only where XACK returned 1.
+--    or the rate rule holds ('quarantined') is written to the tenant's quarantine (HSETNX: the
+--    first hold of an id stands) with a `quarantine` feed entry and its reason's tally in the
+--    protection hash, likewise only where XACK returned 1.
 --
 -- KEYS: the FIXED_KEYS streams (input, output, dead-letter, change feed), then
 --   KEYS_PER_TENANT keys per tenant n: its alias hash, heights hash, provenance hash,
---   refusal log, removals hash, children index, sizes hash and quarantine hash (both
---   constants are prepended by
---   worker/scripts.py; see alias_key below).
+--   refusal log, removals hash, children index, sizes hash, quarantine hash and protection
+--   hash (both constants are prepended by worker/scripts.py; see alias_key below).
 -- ARGV: group, output maxlen, dead maxlen, max chain depth, change feed maxlen, refusal log
 --   maxlen, consumer, alias key prefix, forgotten events ('drop' | 'pass'), the default
---   max component size (a tenant's own, in its sizes hash, wins), n_verify,
+--   max component size (a tenant's own, in its sizes hash, wins), the default max links per
+--   root per hour (0: no rate rule; a tenant's own, in its protection hash, wins), n_verify,
 --   n_entries, then
 --   one generation per tenant n, in order ('0' for a tenant that never had a removal)
 --   n_verify groups: (tenant n, count, ids...)   roots the worker relied on
@@ -57,6 +58,7 @@
 --   entries   an even number of field values, at most MAX_VALUES (XADD's arguments pass
 --             through Lua's stack: unpack() fails past 8,000 values)
 --   alias     each hash is read (HGET) before any link to it is written (WRONGTYPE early)
+--   protection  read (HMGET, guard_of) with the tenant's cap, before any write to it
 --   OOM       Redis refuses only a script's first write, never a later one
 --   ids       as Redis returned them (XREADGROUP, XAUTOCLAIM), so XACK parses them: a
 --             per-id check here would cost about 3% of the script's time, for ids no
@@ -67,10 +69,10 @@ local group, out_maxlen, dead_maxlen = ARGV[1], ARGV[2], ARGV[3]
 local max_depth = tonumber(ARGV[4])
 local changes_maxlen, refusals_maxlen, consumer, prefix = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local drop_forgotten = ARGV[9] == 'drop'
-local default_size = ARGV[10]
-local n_verify, n_entries = tonumber(ARGV[11]), tonumber(ARGV[12])
+local default_size, default_rate = ARGV[10], ARGV[11]
+local n_verify, n_entries = tonumber(ARGV[12]), tonumber(ARGV[13])
 local n_tenants = (#KEYS - FIXED_KEYS) / KEYS_PER_TENANT
-local i = 13 + n_tenants
+local i = 14 + n_tenants
 local CHUNK = 4000  -- stays well below Lua's unpack() limit
 local MAX_VALUES = 4000  -- 2,000 field pairs per entry; the worker's STITCH_MAX_FIELDS <= 1,000
 for k = 1, 3 do  -- the change feed is checked below, only when the batch links something
@@ -90,13 +92,14 @@ end
 local alias_key, heights_key = tenant_key(1), tenant_key(2)
 local provenance_key, refusals_key = tenant_key(3), tenant_key(4)
 local removals_key, children_key = tenant_key(5), tenant_key(6)
-local sizes_key, quarantine_key = tenant_key(7), tenant_key(8)
-local caps = {}  -- tenant n -> its max component size, read once per call
+local sizes_key, quarantine_key, protection_key = tenant_key(7), tenant_key(8), tenant_key(9)
+local caps, guards = {}, {}  -- tenant n -> its max component size, its protection state
 local function cap_of(n)
   local cap = caps[n]
-  if not cap then
+  if not cap then  -- read once per call, with the protection state
     cap = size_cap(sizes_key(n), default_size)
     caps[n] = cap
+    guards[n] = guard_of(protection_key(n), default_rate)
   end
   return cap
 end
@@ -106,7 +109,7 @@ local guarded, stale_generations = {}, {}
 for n = 1, n_tenants do
   local meta = redis.call('HMGET', removals_key(n), '', '#')
   local generation = meta[1] or '0'
-  if generation ~= ARGV[12 + n] then
+  if generation ~= ARGV[13 + n] then
     stale_generations[#stale_generations + 1] = {n, generation, meta[2] or '0'}
   end
   if generation ~= '0' then guarded[tostring(n)] = removals_key(n) end
@@ -142,7 +145,7 @@ local REFUSED = {conflict = true, cycle = true, too_deep = true, blocked = true}
 local pending, learned, dropped = {}, {}, {}
 local applied = {}  -- {tenant n, prev, user, root after the link, source id} per link written
 local refusals = {}  -- entry ordinal -> {tenant n, outcome, prev, user}: logged if acked
-local held, n_held = {}, 0  -- entry ordinal -> {tenant n, prev, user, root, size}: if acked
+local held, n_held = {}, 0  -- entry ordinal -> {tenant n, prev, user, root, size, reason}
 
 -- Resolve to the true end of the chain, with the batch's earlier links; no depth cap, so the
 -- answer never depends on what the worker's cache had compressed. A foreign cycle resolves
@@ -189,15 +192,16 @@ for n = 1, n_entries do
     local prev, user, expect = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
     local hkey = heights_key(index)
     local skey = sizes_key(index)
-    local outcome, current, root, height, prev_height, size =
+    local cap = cap_of(index)
+    local outcome, current, root, height, prev_height, size, extra =
       decide_link(key, hkey, prev, user, max_depth, pending, guarded[index], ARGV[a + 4],
-                  ARGV[a + 5], skey, cap_of(index))
+                  ARGV[a + 5], skey, cap, guards[index])
     if outcome == 'applied' then
       stage_link(key, hkey, children_key(index), prev, user, root, height, prev_height, pending,
-                 skey, size)
+                 skey, size, guards[index], extra)
       applied[#applied + 1] = {index, prev, user, root, ARGV[i]}
     elseif outcome == 'quarantined' then
-      held[n] = {index, prev, user, root, size}
+      held[n] = {index, prev, user, root, size, extra}
       n_held = n_held + 1
     elseif REFUSED[outcome] then
       refusals[n] = {index, outcome, prev, user}
@@ -277,9 +281,7 @@ end
 
 local stamp  -- ' <applied ms> <consumer>'; TIME before the first write (an ACL refuses it)
 if #applied > 0 or n_held > 0 then
-  local now = redis.call('TIME')
-  stamp = ' ' .. now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000)) ..
-          ' ' .. consumer
+  stamp = ' ' .. now_ms() .. ' ' .. consumer
 end
 
 write_staged(pending)
@@ -334,11 +336,12 @@ for n = 1, n_entries do
     end
     local hold = held[n]
     -- ' <ms> <consumer>' -> ' <ms>'; the first hold of prev stands (redelivered: no-op)
-    if hold and redis.call('HSETNX', quarantine_key(hold[1]), hold[2],
-                           hold[3] .. ' ' .. id .. string.match(stamp, '^ %d+') .. ' size') == 1 then
+    if hold and redis.call('HSETNX', quarantine_key(hold[1]), hold[2], hold[3] .. ' ' .. id ..
+                           string.match(stamp, '^ %d+') .. ' ' .. hold[6]) == 1 then
+      redis.call('HSET', protection_key(hold[1]), held_one_more(guards[hold[1]], hold[6]))
       redis.call('XADD', changes, '*', 'tenant', string.sub(alias_key(hold[1]), #prefix + 1),
                  'op', 'quarantine', 'previous_user_id', hold[2], 'user_id', hold[3],
-                 'root', hold[4], 'source_id', id, 'reason', 'size', 'size', hold[5])
+                 'root', hold[4], 'source_id', id, 'reason', hold[6], 'size', hold[5])
       fed = true
     end
   else

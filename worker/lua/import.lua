@@ -4,17 +4,18 @@
 -- the earlier rows' links), then written whole or refused whole with nothing written.
 --
 -- KEYS: alias hash, its heights hash, its provenance hash, the change feed, its removals hash
---   (blocks, tombstones), its children index, its sizes hash, its quarantine hash, and for
---   a dry run the three scratch hashes standing in for the alias, heights and sizes hashes
---   (see below).
+--   (blocks, tombstones), its children index, its sizes hash, its quarantine hash, its
+--   protection hash, and for a dry run the four scratch hashes standing in for the alias,
+--   heights, sizes and protection hashes (see below).
 -- ARGV: mode ('apply' or 'dry'), max chain depth, change feed maxlen, tenant, consumer
 --   (written into provenance), source id prefix ('import:<file sha>:'), n, the default max
---   component size, then n x
+--   component size, the default max links per root per hour (0: no rate rule), then n x
 --   (line, previous_user_id, user_id, applied_at_ms or '' for Redis's clock, tombstone HMAC
 --   of previous_user_id, of user_id: '' without STITCH_TOMBSTONE_KEY).
 -- Returns the outcome of each row: 'applied' | 'noop' | 'forgotten' | 'blocked' |
 -- 'conflict' | 'cycle' | 'too_deep' | 'quarantined' (held in the quarantine hash, as the
--- worker holds it, with a `quarantine` feed entry; a dry run only reports it).
+-- worker holds it, with a `quarantine` feed entry and its reason's tally; a dry run only
+-- reports it).
 --
 -- A dry run writes nothing to the four keys: it stages the links it would apply in the
 -- scratch hashes (expiring after an hour) and reads them before the real ones, so that a
@@ -26,6 +27,7 @@
 
 local alias, heights, provenance, changes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local removals, children, sizes, quarantine = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local protection = KEYS[9]
 local mode, max_depth, changes_maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local tenant, consumer, source_prefix, n = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
 local dry = mode == 'dry'
@@ -33,7 +35,7 @@ local dry = mode == 'dry'
 if not string.find(changes_maxlen, '^%d+$') then
   return redis.error_reply('ERR maxlen arguments must be digits')
 end
-for _, key in ipairs({alias, heights, provenance, removals, sizes, quarantine}) do
+for _, key in ipairs({alias, heights, provenance, removals, sizes, quarantine, protection}) do
   local err = key_error(key, 'hash')
   if err then return redis.error_reply(err) end
 end
@@ -43,7 +45,7 @@ if err then return redis.error_reply(err) end
 local meta = redis.call('HMGET', removals, '', '#')
 local rkey = nil
 if (meta[1] or '0') ~= '0' then rkey = removals end
-if tonumber(meta[2] or '0') > 0 and n > 0 and ARGV[9 + 4] == '' then
+if tonumber(meta[2] or '0') > 0 and n > 0 and ARGV[10 + 4] == '' then
   return redis.error_reply('ERR ' .. alias .. ' has tombstones: importing needs ' ..
                            'STITCH_TOMBSTONE_KEY to check them')
 end
@@ -51,7 +53,7 @@ end
 local pending = {}
 if dry then
   -- the scratch hashes answer first: raw fields (this chunk) win, then __index
-  local shadow_links, shadow_heights, shadow_sizes = KEYS[9], KEYS[10], KEYS[11]
+  local shadow_links, shadow_heights, shadow_sizes = KEYS[10], KEYS[11], KEYS[12]
   pending[alias] = setmetatable({}, {__index = function(_, id)
     return redis.call('HGET', shadow_links, id) or nil
   end})
@@ -61,29 +63,34 @@ if dry then
   pending[sizes] = setmetatable({}, {__index = function(_, root)
     return tonumber(redis.call('HGET', shadow_sizes, root)) or nil
   end})
+  pending[protection] = setmetatable({}, {__index = function(_, field)
+    return redis.call('HGET', KEYS[13], field) or nil
+  end})
 end
 local cap = size_cap(sizes, ARGV[8])
+local guard = guard_of(protection, ARGV[9])
 
 local outcomes, applied, held = {}, {}, {}
-local i = 9
+local i = 10
 for r = 1, n do
   local prev, user = ARGV[i + 1], ARGV[i + 2]
-  local outcome, _, root, height, prev_height, size =
+  local outcome, _, root, height, prev_height, size, extra =
     decide_link(alias, heights, prev, user, max_depth, pending, rkey, ARGV[i + 4], ARGV[i + 5],
-                sizes, cap)
+                sizes, cap, guard)
   if outcome == 'applied' then
     stage_link(alias, heights, children, prev, user, root, height, prev_height, pending, sizes,
-               size)
+               size, guard, extra)
     applied[#applied + 1] = {prev, user, root, source_prefix .. ARGV[i], ARGV[i + 3]}
   elseif outcome == 'quarantined' then
-    held[#held + 1] = {prev, user, root, source_prefix .. ARGV[i], size}
+    held[#held + 1] = {prev, user, root, source_prefix .. ARGV[i], size, extra}
   end
   outcomes[r] = outcome
   i = i + 6
 end
 
 if dry then
-  local targets = {[alias] = KEYS[9], [heights] = KEYS[10], [sizes] = KEYS[11]}
+  local targets = {[alias] = KEYS[10], [heights] = KEYS[11], [sizes] = KEYS[12],
+                   [protection] = KEYS[13]}
   -- (the children index: not read)
   for key, staged in pairs(pending) do
     local target = targets[key]
@@ -102,23 +109,24 @@ if #applied == 0 and #held == 0 then return outcomes end
 
 err = key_error(changes, 'stream', true)
 if err then return redis.error_reply(err) end
-local now = redis.call('TIME')
-local now_ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
+local stamp = now_ms()
 
 write_staged(pending)
 for _, link in ipairs(applied) do
   local prev, user, root, source, at = link[1], link[2], link[3], link[4], link[5]
-  if at == '' then at = now_ms end
+  if at == '' then at = stamp end
   redis.call('HSET', provenance, prev, source .. ' ' .. at .. ' ' .. consumer)
   redis.call('XADD', changes, '*', 'tenant', tenant, 'op', 'link', 'previous_user_id', prev,
              'user_id', user, 'root', root, 'source_id', source)
 end
 for _, hold in ipairs(held) do
   local prev, user, root, source, size = hold[1], hold[2], hold[3], hold[4], hold[5]
-  if redis.call('HSETNX', quarantine, prev, user .. ' ' .. source .. ' ' .. now_ms .. ' size')
-      == 1 then
+  local reason = hold[6]
+  if redis.call('HSETNX', quarantine, prev, user .. ' ' .. source .. ' ' .. stamp .. ' ' ..
+                reason) == 1 then
+    redis.call('HSET', protection, held_one_more(guard, reason))
     redis.call('XADD', changes, '*', 'tenant', tenant, 'op', 'quarantine', 'previous_user_id',
-               prev, 'user_id', user, 'root', root, 'source_id', source, 'reason', 'size',
+               prev, 'user_id', user, 'root', root, 'source_id', source, 'reason', reason,
                'size', size)
   end
 end

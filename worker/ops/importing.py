@@ -27,7 +27,7 @@ import redis
 from resolver.heights import heights_key, sync
 from resolver.links import LinkRules
 from resolver.provenance import provenance_key
-from resolver.quarantine import quarantine_key, sizes_key
+from resolver.quarantine import protection_key, quarantine_key, sizes_key
 from resolver.removals import children_key, removals_key, tombstones
 from resolver.scripts import LINK_RULES_LUA, load_lua
 
@@ -55,7 +55,8 @@ class Outcome(StrEnum):
     BLOCKED = "blocked"
     FORGOTTEN = "forgotten"
     QUARANTINED = "quarantined"
-    """Held: the component would outgrow the size cap (see `quarantine list`)."""
+    """Held: the component would outgrow the size cap, or its root took too many links this
+    hour (see `quarantine list`)."""
     PLACEHOLDER = "placeholder"
     INVALID = "invalid"
     """The row did not parse (reported by line number)."""
@@ -93,7 +94,7 @@ def rows_of(
 class Importer:
     """Applies (or, in a dry run, only decides) chunks of rows for one tenant."""
 
-    __slots__ = ("_args", "_cap", "_client", "_keys", "_mac", "_sha", "dry_run", "scratch")
+    __slots__ = ("_args", "_cap", "_client", "_keys", "_mac", "_rate", "_sha", "dry_run", "scratch")
 
     def __init__(
         self, client: redis.Redis, settings: Settings, tenant: str, source: str, *, dry_run: bool
@@ -104,14 +105,16 @@ class Importer:
         keys = [
             *(alias, heights_key(alias), provenance_key(alias), settings.changes_key),
             *(removals_key(alias), children_key(alias), sizes_key(alias), quarantine_key(alias)),
+            protection_key(alias),
         ]
         self._mac = settings.tombstone_key.encode() or None
         """Tombstones are checked as the worker checks them: by the HMAC of each id."""
         self.scratch: tuple[str, ...] = ()
-        """A dry run's staging hashes (links, heights, sizes), deleted by :meth:`close`."""
+        """A dry run's staging hashes (links, heights, sizes, protection), deleted by
+        :meth:`close`."""
         if dry_run:
             run = f"{alias}:import-dry-run:{secrets.token_hex(4)}"
-            self.scratch = (run + ":links", run + ":heights", run + ":sizes")
+            self.scratch = (run + ":links", run + ":heights", run + ":sizes", run + ":protection")
         self._keys = [*keys, *self.scratch]
         self._args = [
             "dry" if dry_run else "apply",
@@ -122,6 +125,7 @@ class Importer:
             f"import:{source}:",
         ]
         self._cap = settings.max_component_size
+        self._rate = settings.max_links_per_root_per_hour
         self._sha = ""
 
     def start(self, max_depth: int) -> None:
@@ -167,7 +171,7 @@ class Importer:
         return outcomes
 
     def _chunk_args(self, chunk: list[Row]) -> list[Any]:
-        args: list[Any] = [*self._args, len(chunk), self._cap]
+        args: list[Any] = [*self._args, len(chunk), self._cap, self._rate]
         for row in chunk:
             at = "" if row.applied_at_ms is None else row.applied_at_ms
             prev, user = row.previous_user_id, row.user_id

@@ -13,7 +13,7 @@ from typing import Any
 
 from resolver.erasing import new_op_id
 from resolver.links import LinkRules
-from resolver.quarantine import decide, held_links, set_limit, size_cap
+from resolver.quarantine import decide, held_links, rate_limit, set_limit, size_cap
 
 from ..config import Settings
 from ..connection import connect
@@ -30,7 +30,8 @@ EXIT_REFUSED = 1
 
 def quarantine_commands(commands: Any) -> list[argparse.ArgumentParser]:
     parser = commands.add_parser(
-        "quarantine", help="review links held by the size cap: list, approve, reject, set-limit"
+        "quarantine",
+        help="review links held by the size cap or the rate rule: list, approve, reject, set-limit",
     )
     actions = parser.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="the tenant's held links, oldest first")
@@ -43,8 +44,11 @@ def quarantine_commands(commands: Any) -> list[argparse.ArgumentParser]:
     # --max-component-size N is the setting's own flag (every command has them): given here,
     # it becomes the tenant's cap rather than this process's default
     limit = actions.add_parser(
-        "set-limit", help="the tenant's own max component size (--max-component-size N)"
+        "set-limit",
+        help="the tenant's own max component size (--max-component-size N) and/or max links "
+        "per root per hour (--max-links-per-hour N, 0: no rate rule)",
     )
+    limit.add_argument("--max-links-per-hour", type=int, metavar="N", dest="links_per_hour")
     leaves = [listing, approve, reject, limit]
     for sub in leaves:
         sub.add_argument("--tenant", required=True)
@@ -59,11 +63,7 @@ def quarantine(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "list":
             return _list(client, settings, alias_key, as_json=args.json)
         if args.action == "set-limit":
-            if getattr(args, "setting_max_component_size", None) is None:
-                raise BadArgumentError("quarantine set-limit needs --max-component-size N")
-            set_limit(client, alias_key, settings.max_component_size)
-            print(f"tenant {args.tenant!r}: max component size {settings.max_component_size}")
-            return 0
+            return _set_limit(client, settings, args, alias_key)
         mode = "approve" if args.action == "approve" else "reject"
         if args.action == "reject" and args.block:
             mode = "reject-block"
@@ -95,6 +95,25 @@ def quarantine(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_REFUSED
 
 
+def _set_limit(client: Any, settings: Settings, args: argparse.Namespace, alias_key: str) -> int:
+    size = None
+    if getattr(args, "setting_max_component_size", None) is not None:
+        size = settings.max_component_size
+    rate = args.links_per_hour
+    if size is None and rate is None:
+        raise BadArgumentError(
+            "quarantine set-limit needs --max-component-size N and/or --max-links-per-hour N"
+        )
+    if rate is not None and rate < 0:
+        raise BadArgumentError("--max-links-per-hour must be 0 (no rate rule) or more")
+    set_limit(client, alias_key, size, links_per_hour=rate)
+    if size is not None:
+        print(f"tenant {args.tenant!r}: max component size {size}")
+    if rate is not None:
+        print(f"tenant {args.tenant!r}: max links per root per hour {rate}")
+    return 0
+
+
 def _list(client: Any, settings: Settings, alias_key: str, *, as_json: bool) -> int:
     held = held_links(client, alias_key)
     if as_json:
@@ -102,7 +121,8 @@ def _list(client: Any, settings: Settings, alias_key: str, *, as_json: bool) -> 
             print(json.dumps(link.as_json(), ensure_ascii=False))
         return 0
     cap = size_cap(client, alias_key, settings.max_component_size)
-    print(f"{len(held)} held links (max component size {cap}):")
+    rate = rate_limit(client, alias_key, settings.max_links_per_root_per_hour)
+    print(f"{len(held)} held links (max component size {cap}, max links per root per hour {rate}):")
     for link in held:
         print(
             f"  {link.previous_user_id} -> {link.user_id}  {link.reason}  "
