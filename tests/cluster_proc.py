@@ -14,8 +14,15 @@ from urllib.parse import quote
 import redis
 from redis.crc import key_slot
 
-from tests.redis_proc import WORKER_PASSWORD, RedisServer, free_port, require_binary
+from tests.redis_proc import (
+    WORKER_PASSWORD,
+    RedisServer,
+    apply_acl_users,
+    free_port,
+    require_binary,
+)
 from worker.acl import WORKER_USER
+from worker.config import Settings
 
 __all__ = ["NODE_TIMEOUT_MS", "Cluster"]
 
@@ -106,6 +113,20 @@ class Cluster:
         )
         self.wait_stable()
 
+    def apply_acl_users(self, settings: Settings) -> None:
+        """The README's users for ``settings``' key names, on every node (ACLs are per node)."""
+        for node in self.live():
+            apply_acl_users(node.client(), settings)
+
+    def worker_refusals(self) -> list[object]:
+        """What any node's ACL LOG holds against ``stitch-worker``."""
+        return [
+            entry
+            for node in self.live()
+            for entry in node.client().acl_log()
+            if entry["username"] == WORKER_USER
+        ]
+
     def live(self) -> list[RedisServer]:
         return [node for node in self.nodes if node.proc is not None]
 
@@ -181,24 +202,41 @@ class Cluster:
             return False
 
     def migrate_slot(self, key: str, target: RedisServer, pause_s: float = 0.0) -> int:
-        """Move ``key``'s slot to ``target`` (IMPORTING/MIGRATING, MIGRATE in batches of
-        MIGRATE_BATCH keys with ``pause_s`` between them, then SETSLOT NODE on every primary);
-        the number of keys moved."""
+        """Move ``key``'s slot to ``target``: IMPORTING/MIGRATING, MIGRATE in batches of
+        MIGRATE_BATCH keys with ``pause_s`` between them, SETSLOT NODE on every primary; the
+        number of keys moved."""
+        source = self.begin_migration(key, target)
+        moved = 0
+        while batch := self.migrate_keys(key, source, target, MIGRATE_BATCH):
+            moved += batch
+            time.sleep(pause_s)
+        self.end_migration(key, source, target)
+        return moved
+
+    def begin_migration(self, key: str, target: RedisServer) -> RedisServer:
+        """Mark ``key``'s slot IMPORTING on ``target`` and MIGRATING on its owner (returned)."""
         slot, source = key_slot(key.encode()), self.owner(key)
-        source_id, target_id = self.node_id(source), self.node_id(target)
-        target.client().execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
-        source.client().execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
-        moved, client = 0, source.client()
-        while keys := client.execute_command("CLUSTER GETKEYSINSLOT", slot, MIGRATE_BATCH):
+        target.client().execute_command("CLUSTER SETSLOT", slot, "IMPORTING", self.node_id(source))
+        source.client().execute_command("CLUSTER SETSLOT", slot, "MIGRATING", self.node_id(target))
+        return source
+
+    @staticmethod
+    def migrate_keys(key: str, source: RedisServer, target: RedisServer, count: int) -> int:
+        """MIGRATE up to ``count`` keys of ``key``'s slot; how many there were."""
+        client = source.client()
+        keys = client.execute_command("CLUSTER GETKEYSINSLOT", key_slot(key.encode()), count)
+        if keys:
             client.execute_command(
                 "MIGRATE", "127.0.0.1", target.port, "", 0, 10_000, "KEYS", *keys
             )
-            moved += len(keys)
-            time.sleep(pause_s)
+        return len(keys)
+
+    def end_migration(self, key: str, source: RedisServer, target: RedisServer) -> None:
+        """Give the slot to ``target`` on every primary, and wait for all to agree."""
+        slot, target_id = key_slot(key.encode()), self.node_id(target)
         for node in [target, source, *self.primaries()]:
             node.client().execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
         self.wait_stable()
-        return moved
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -20,6 +20,7 @@ from .config import Settings
 __all__ = [
     "ADMIN_COMMANDS",
     "ADMIN_USER",
+    "CLUSTER_COMMANDS",
     "HEIGHTS_COMMANDS",
     "WORKER_COMMANDS",
     "WORKER_USER",
@@ -79,6 +80,10 @@ WORKER_COMMANDS = (
     "+wait",
 )
 """Everything ``python -m worker run`` and ``resolve`` send, scripts' inner calls included."""
+
+CLUSTER_COMMANDS = ("+cluster|slots",)
+"""Behind a ``redis+cluster://`` URL only: the topology, read before each new connection to
+find the primary of the shard's slot (cluster.py)."""
 
 HEIGHTS_COMMANDS = ("+hdel", "+del", "+rename")
 """Only on the heights hashes beside the alias maps (an ACL selector): a root that gains a
@@ -150,7 +155,13 @@ def heights_selector(settings: Settings) -> str:
 
 def worker_rules(settings: Settings) -> list[str]:
     """ACL SETUSER rules after the password: no pub/sub, nothing outside the four keys."""
-    return ["-@all", *WORKER_COMMANDS, *key_patterns(settings), heights_selector(settings)]
+    return [
+        "-@all",
+        *WORKER_COMMANDS,
+        *CLUSTER_COMMANDS,
+        *key_patterns(settings),
+        heights_selector(settings),
+    ]
 
 
 def admin_rules(settings: Settings) -> list[str]:
@@ -158,6 +169,7 @@ def admin_rules(settings: Settings) -> list[str]:
     return [
         "-@all",
         *WORKER_COMMANDS,
+        *CLUSTER_COMMANDS,
         *ADMIN_COMMANDS,
         *key_patterns(settings),
         heights_selector(settings),
