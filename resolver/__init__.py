@@ -4,6 +4,7 @@ from .cache import AliasCache
 from .links import LinkOutcome, LinkRules
 from .placeholders import PlaceholderRule
 from .resolver import DEFAULT_KEY_PREFIX, DEFAULT_MAX_DEPTH, Resolver
+from .sharding import Route, ShardKeys, route, shard_keys, shard_of
 from .walk import UNRESOLVED, End, walk
 
 __all__ = [
@@ -16,5 +17,10 @@ __all__ = [
     "LinkRules",
     "PlaceholderRule",
     "Resolver",
+    "Route",
+    "ShardKeys",
+    "route",
+    "shard_keys",
+    "shard_of",
     "walk",
 ]

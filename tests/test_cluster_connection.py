@@ -106,12 +106,17 @@ def test_unusable_cluster_url_is_a_config_error(url: str) -> None:
 
 
 def test_keys_outside_one_slot_are_a_config_error() -> None:
-    """Today's default names (no hash tag) would make every commit CROSSSLOT: refused before
-    anything is sent, naming the URL; so is a route key in another slot."""
-    with pytest.raises(ConfigError, match=r"^STITCH_REDIS_URL: .*hash tag"):
-        connect(Settings.from_env({"STITCH_REDIS_URL": "redis+cluster://h1:7000"}))
-    with pytest.raises(ConfigError, match=r"^STITCH_REDIS_URL: "):
-        connect(tagged("redis+cluster://h1:7000", "t"), route_key="{other}")
+    """One shard with today's default names (no hash tag) would make every commit CROSSSLOT:
+    refused before anything is sent, naming the URL and STITCH_SHARDS; each shard's settings
+    of STITCH_SHARDS=8 are accepted."""
+    url = "redis+cluster://h1:7000"
+    with pytest.raises(ConfigError, match=r"^STITCH_REDIS_URL: .*STITCH_SHARDS above 1"):
+        connect(Settings.from_env({"STITCH_REDIS_URL": url}))
+    sharded = Settings.from_env({"STITCH_REDIS_URL": url, "STITCH_SHARDS": "8"})
+    for shard in sharded.shard_numbers:
+        own = sharded.for_shard(shard)
+        owner = connect(own, route_key=own.input_stream).connection_pool.connection_kwargs
+        assert owner["slot_owner"].slot == key_slot(own.input_stream.encode())
 
 
 def test_cluster_url_is_redacted() -> None:

@@ -302,6 +302,7 @@ def test_every_parser_code_has_a_case() -> None:
         DeadLetter.MAX_DELIVERIES_EXCEEDED,
         DeadLetter.COMMIT_FAILED,
         DeadLetter.RESERVED_TENANT,  # depends on the settings: its own test
+        DeadLetter.WRONG_SHARD,  # depends on STITCH_SHARDS: test_sharding.py
     }
     bounded = BOUNDS_ELSEWHERE | {DeadLetter.TOO_MANY_FIELDS}
     assert covered == set(DeadLetter) - assigned_elsewhere - bounded
@@ -394,6 +395,8 @@ PARTICULARS: dict[str, object] = {
     "fields": 65,
     "field": "user_id",
     "tenant": "changes",
+    "shard": 3,
+    "stream": "events-3",
 }
 
 

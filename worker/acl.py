@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 from resolver.heights import HEIGHTS_SUFFIX, SCRATCH_SUFFIX, SIZES_SUFFIX
+from resolver.sharding import OVERRIDES_KEY
 
 from .config import Settings
 
@@ -28,6 +29,7 @@ __all__ = [
     "admin_rules",
     "heights_selector",
     "key_patterns",
+    "overrides_rules",
     "setuser_args",
     "setuser_line",
     "worker_rules",
@@ -130,27 +132,44 @@ def _literal(name: str) -> str:
 
 def key_patterns(settings: Settings) -> list[str]:
     """The streams and ``<prefix>*`` (alias maps, heights, provenance, refusal logs and, by
-    default, the change feed); the feed gets its own pattern when it lies outside."""
-    patterns = [
-        "~" + _literal(settings.input_stream),
-        "~" + _literal(settings.output_stream),
-        "~" + _literal(settings.dead_stream),
-        "~" + _literal(settings.alias_prefix) + "*",
-    ]
-    if settings.reserved_tenant is None:
-        patterns.append("~" + _literal(settings.changes_key))
+    default, the change feed); the feed gets its own pattern when it lies outside. With
+    STITCH_SHARDS > 1, every shard's (a replica may be given any subset)."""
+    patterns = []
+    for names in _layouts(settings):
+        patterns += [
+            "~" + _literal(names.input_stream),
+            "~" + _literal(names.output_stream),
+            "~" + _literal(names.dead_stream),
+            "~" + _literal(names.alias_prefix) + "*",
+        ]
+        if names.reserved_tenant is None:
+            patterns.append("~" + _literal(names.changes_key))
     return patterns
 
 
 def heights_selector(settings: Settings) -> str:
     """HEIGHTS_COMMANDS on ``<prefix>*:heights`` and its scratch copy, and on the sizes hashes
     (a root that gains a parent loses its size too), nothing else."""
-    heights = _literal(settings.alias_prefix) + "*" + HEIGHTS_SUFFIX
-    sizes = _literal(settings.alias_prefix) + "*" + SIZES_SUFFIX
-    return (
-        f"({' '.join(HEIGHTS_COMMANDS)} ~{heights} ~{heights}{SCRATCH_SUFFIX} ~{sizes} "
-        f"~{sizes}{SCRATCH_SUFFIX})"
-    )
+    patterns = []
+    for names in _layouts(settings):
+        heights = _literal(names.alias_prefix) + "*" + HEIGHTS_SUFFIX
+        sizes = _literal(names.alias_prefix) + "*" + SIZES_SUFFIX
+        patterns += [heights, heights + SCRATCH_SUFFIX, sizes, sizes + SCRATCH_SUFFIX]
+    return f"({' '.join(HEIGHTS_COMMANDS)} {' '.join('~' + p for p in patterns)})"
+
+
+def overrides_rules(settings: Settings, *, write: bool) -> list[str]:
+    """The shard override table (STITCH_SHARDS > 1): the worker reads it (HGETALL), the
+    admin's ``route set`` writes it."""
+    if settings.shards == 1:
+        return []
+    if write:
+        return ["~" + _literal(OVERRIDES_KEY)]
+    return [f"(+hgetall %R~{_literal(OVERRIDES_KEY)})"]
+
+
+def _layouts(settings: Settings) -> list[Settings]:
+    return [settings.for_shard(shard) for shard in range(settings.shards)]
 
 
 def worker_rules(settings: Settings) -> list[str]:
@@ -161,6 +180,7 @@ def worker_rules(settings: Settings) -> list[str]:
         *CLUSTER_COMMANDS,
         *key_patterns(settings),
         heights_selector(settings),
+        *overrides_rules(settings, write=False),
     ]
 
 
@@ -172,6 +192,7 @@ def admin_rules(settings: Settings) -> list[str]:
         *CLUSTER_COMMANDS,
         *ADMIN_COMMANDS,
         *key_patterns(settings),
+        *overrides_rules(settings, write=True),
         heights_selector(settings),
     ]
 

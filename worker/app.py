@@ -13,13 +13,14 @@ import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import disable_created_metrics
 
 from .config import Settings, env_name
 from .connection import connect
 from .errors import ConfigError
+from .fleet import Fleet
 from .health import Health, HealthServer
 from .logs import get_logger
 from .metrics import Metrics
@@ -41,7 +42,11 @@ def run(settings: Settings, *, drain: bool = False, metrics: Metrics | None = No
     metrics = metrics if metrics is not None else Metrics()
     health = Health(settings.stall_after_s)
     server = _serve_probes(settings, metrics, health)
-    worker = Worker(settings, connect(settings), metrics, log, health)
+    worker: Runner = (
+        Worker(settings, connect(settings), metrics, log, health)
+        if settings.shards == 1
+        else Fleet.build(settings, metrics, log, health)
+    )
     tune_gc()
     try:
         with capture_signals(worker, log):
@@ -66,8 +71,20 @@ def _serve_probes(settings: Settings, metrics: Metrics, health: Health) -> Healt
     return server
 
 
+class Runner(Protocol):
+    """A Worker, or a Fleet of one Worker per shard."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def stopping(self) -> bool: ...
+    def request_stop(self) -> None: ...
+    def summary(self) -> dict[str, int]: ...
+    def run(self, *, drain: bool = False) -> None: ...
+
+
 @contextlib.contextmanager
-def capture_signals(worker: Worker, log: Any) -> Iterator[None]:
+def capture_signals(worker: Runner, log: Any) -> Iterator[None]:
     """First SIGTERM/SIGINT: finish the batch in hand and stop. Second: exit at once
     (still safe: uncommitted entries stay pending and are redelivered)."""
 
@@ -85,7 +102,7 @@ def capture_signals(worker: Worker, log: Any) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _arm_shutdown_timer(worker: Worker, log: Any) -> None:
+def _arm_shutdown_timer(worker: Runner, log: Any) -> None:
     def expire() -> None:
         log.error(
             "shutdown timed out; uncommitted entries stay pending",

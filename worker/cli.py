@@ -26,7 +26,7 @@ from .deadletters import DeadLetter
 from .errors import BadArgumentError, ConfigError, RedisUnavailableError
 from .explaining import explain as explain_id
 from .logs import configure_logging, get_logger
-from .ops import quarantining, removal
+from .ops import quarantining, removal, routing
 
 __all__ = ["build_parser", "dead_letters", "main", "settings_from"]
 
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         *ops.transfer_commands(commands),
         *_removal_commands(commands),
         *quarantining.quarantine_commands(commands),
+        *routing.route_commands(commands),
     ]
     for sub in (run, resolve, explain, demo, acl, *operators):
         _add_setting_flags(sub)
@@ -226,33 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     configure_logging(settings.log_level, settings.log_format)
     try:
-        if args.command == "run":
-            return run(settings, drain=args.drain)
-        if args.command == "resolve":
-            return resolve(settings, args.tenant, args.ids, chain=args.chain)
-        if args.command == "explain":
-            print(explain_id(settings, args.tenant, args.id, as_json=args.json))
-            return EXIT_OK
-        if args.command == "acl":
-            print(acl_lines(settings))
-            return EXIT_OK
-        if args.command == "status":
-            return ops.status(settings, as_json=args.json, watch=args.watch)
-        if args.command == "dead-letters":
-            return dead_letters(settings, args)
-        if args.command == "export":
-            return ops.export_map(settings, tenant=args.tenant, fmt=args.format, output=args.output)
-        if args.command == "import":
-            return ops.import_links(
-                settings, tenant=args.tenant, path=args.file, fmt=args.format, dry_run=args.dry_run
-            )
-        if args.command in ("unlink", "forget"):
-            return _removal(settings, args)
-        if args.command == "quarantine":
-            return quarantining.quarantine(settings, args)
-        from .demo import run_demo  # imports fakeredis lazily: only the demo needs it
-
-        return run_demo(settings, args.sample)
+        return routing.for_command(settings, args, lambda own: _dispatch(own, args))
     except RedisUnavailableError as exc:
         get_logger().error("giving up", error=str(exc))
         return EXIT_REDIS
@@ -262,6 +237,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadArgumentError as exc:
         print(f"lehnz-stitch: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
+    """The command, with the key names it needs (one shard's when STITCH_SHARDS > 1)."""
+    if args.command == "run":
+        return run(settings, drain=args.drain)
+    if args.command == "resolve":
+        return resolve(settings, args.tenant, args.ids, chain=args.chain)
+    if args.command == "explain":
+        print(explain_id(settings, args.tenant, args.id, as_json=args.json))
+        return EXIT_OK
+    if args.command == "acl":
+        print(acl_lines(settings))
+        return EXIT_OK
+    if args.command == "status":
+        return ops.status(settings, as_json=args.json, watch=args.watch)
+    if args.command == "dead-letters":
+        return dead_letters(settings, args)
+    if args.command == "export":
+        return ops.export_map(settings, tenant=args.tenant, fmt=args.format, output=args.output)
+    if args.command == "import":
+        return ops.import_links(
+            settings, tenant=args.tenant, path=args.file, fmt=args.format, dry_run=args.dry_run
+        )
+    if args.command in ("unlink", "forget"):
+        return _removal(settings, args)
+    if args.command == "quarantine":
+        return quarantining.quarantine(settings, args)
+    if args.command == "route":
+        return routing.route_command(settings, args)
+    from .demo import run_demo  # imports fakeredis lazily: only the demo needs it
+
+    return run_demo(settings, args.sample)
 
 
 def dead_letters(settings: Settings, args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 import msgspec
 
 from resolver import DEFAULT_MAX_DEPTH
+from resolver.sharding import MAX_SHARDS, parse_subset, shard_keys
 
 from .errors import ConfigError
 
@@ -39,6 +40,8 @@ MAX_FIELDS_CAP = 1_000
 8,000 values), so the setting can never let through an entry the script cannot copy."""
 DEFAULT_CHANGES_NAME = "changes"
 """The change feed is ``<alias prefix>changes`` unless STITCH_CHANGES_STREAM names it."""
+KEY_SETTINGS = ("input_stream", "output_stream", "dead_stream", "alias_prefix", "changes_stream")
+"""The names each shard gets its own copy of (resolver/sharding.py)."""
 MAX_JSON_DEPTH_CAP = 500
 """msgspec recurses once per level through CPython's recursion limit (1,000): stay well below."""
 
@@ -59,6 +62,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     output_stream: Name = "events:enriched"
     dead_stream: Name = "events:dead"
     alias_prefix: Name = "alias:"
+    shards: Annotated[int, msgspec.Meta(ge=1, le=MAX_SHARDS)] = 1
+    """1: today's key names. N > 1: N sets of streams and alias maps, one hash tag each
+    (resolver/sharding.py)."""
+    shard_subset: str = ""
+    """The shards this replica works on, e.g. ``0,2-5``; empty: all of them."""
     group: Name = "stitch"
     group_start_id: Name = "0"
     consumer: Name = msgspec.field(default_factory=_default_consumer)
@@ -113,6 +121,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"{self.alias_prefix!r}, so a tenant's alias hash could be that stream"
             )
         _check_changes_stream(self)
+        _ = self.shard_numbers  # refuses a bad STITCH_SHARD_SUBSET now, not at start-up
         if self.block_ms / 1000 >= self.shutdown_timeout_s:
             raise ConfigError(
                 f"{env_name('block_ms')}: {self.block_ms} ms must be shorter than "
@@ -131,6 +140,36 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         its entries are dead-lettered as ``reserved_tenant``."""
         key = self.changes_key
         return key[len(self.alias_prefix) :] if key.startswith(self.alias_prefix) else None
+
+    @property
+    def shard_numbers(self) -> tuple[int, ...]:
+        """The shards this replica works on: STITCH_SHARD_SUBSET, or all of them."""
+        try:
+            return parse_subset(self.shard_subset, self.shards)
+        except ValueError as exc:
+            raise ConfigError(f"{env_name('shard_subset')}: {exc}") from None
+
+    def for_shard(self, shard: int) -> Settings:
+        """A copy with shard ``shard``'s key names, the subset narrowed to it. With one shard,
+        the same names."""
+        if not 0 <= shard < self.shards:
+            raise ConfigError(
+                f"{env_name('shard_subset')}: shard {shard} does not exist with "
+                f"{env_name('shards')}={self.shards}"
+            )
+        if self.shards == 1:
+            return self
+        _check_unbraced(self)
+        keys = shard_keys(self, shard, self.shards)
+        return msgspec.structs.replace(
+            self,
+            input_stream=keys.input_stream,
+            output_stream=keys.output_stream,
+            dead_stream=keys.dead_stream,
+            alias_prefix=keys.alias_prefix,
+            changes_stream=keys.changes_stream,
+            shard_subset=str(shard),
+        )
 
     @property
     def placeholders(self) -> tuple[str, ...]:
@@ -240,6 +279,16 @@ def _check_redis_url(settings: Settings) -> None:
         raise ConfigError(
             f"{env_name('redis_password_file')}: set, but {env_name('redis_url')} holds a "
             "password too; keep only one (the file, with the user name in the URL)"
+        )
+
+
+def _check_unbraced(settings: Settings) -> None:
+    braced = [name for name in KEY_SETTINGS if {"{", "}"} & set(getattr(settings, name))]
+    if braced:
+        raise ConfigError(
+            f"{env_name(braced[0])}: holds a brace, which would choose its own hash tag; "
+            f"with {env_name('shards')} > 1 each shard's names get theirs (or these "
+            "settings are one shard's already)"
         )
 
 

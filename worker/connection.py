@@ -139,9 +139,10 @@ def _credentials(userinfo: str) -> dict[str, str]:
 
 def _cluster_client(settings: Settings, route_key: str, options: dict[str, Any]) -> redis.Redis:
     """Every key of one commit script must lie in one slot, or the cluster refuses it
-    (CROSSSLOT): checked here, before anything is sent."""
+    (CROSSSLOT): with STITCH_SHARDS > 1 each shard's names share its tag by construction;
+    with one shard the operator's names must share one, checked here before anything is
+    sent."""
     names = [
-        route_key,
         settings.input_stream,
         settings.output_stream,
         settings.dead_stream,
@@ -149,11 +150,11 @@ def _cluster_client(settings: Settings, route_key: str, options: dict[str, Any])
         settings.alias_prefix + "a",
         settings.alias_prefix + "b",  # two tenants: the prefix must hold the whole tag
     ]
-    if not same_slot(names):
+    if settings.shards == 1 and not same_slot(names):
         raise ConfigError(
-            f"{env_name('redis_url')}: a Redis Cluster needs the streams, the change feed and "
-            f"{env_name('alias_prefix')} to share one {{hash tag}}, so that each commit lies "
-            "in one slot"
+            f"{env_name('redis_url')}: a Redis Cluster needs each shard's keys in one slot; "
+            f"set {env_name('shards')} above 1 (or give the streams, the change feed and "
+            f"{env_name('alias_prefix')} one {{hash tag}})"
         )
     return cluster_client(options.pop("seeds"), route_key, options)
 

@@ -11,6 +11,7 @@ class DeadLetter(StrEnum):
     MISSING_TENANT = "missing_tenant"
     INVALID_TENANT = "invalid_tenant"
     RESERVED_TENANT = "reserved_tenant"
+    WRONG_SHARD = "wrong_shard"
     MISSING_EVENT = "missing_event"
     EVENT_TOO_LARGE = "event_too_large"
     EVENT_TOO_DEEP = "event_too_deep"
@@ -38,6 +39,9 @@ MESSAGES: dict[DeadLetter, str] = {
     DeadLetter.MISSING_TENANT: "entry has no 'tenant' field",
     DeadLetter.INVALID_TENANT: "tenant must match [A-Za-z0-9_.-]{{1,64}}",
     DeadLetter.RESERVED_TENANT: "tenant '{tenant}' is reserved: its alias key is the change feed",
+    DeadLetter.WRONG_SHARD: (
+        "tenant '{tenant}' belongs to shard {shard}: write its events to {stream}"
+    ),
     DeadLetter.MISSING_EVENT: "entry has no 'event' field",
     DeadLetter.EVENT_TOO_LARGE: "event is {size} bytes, limit {limit}",
     DeadLetter.EVENT_TOO_DEEP: "event nests {depth} levels, limit {limit}",

@@ -59,50 +59,61 @@ class GroupStats(NamedTuple):
 
 
 class _GroupCollector(Collector):
-    """Reads XINFO GROUPS at scrape time, so the gauges are never older than the scrape."""
+    """Reads XINFO GROUPS at scrape time, so the gauges are never older than the scrape; one
+    reader per shard the process works on, each series labelled with its shard."""
 
-    def __init__(self, read_stats: Callable[[], GroupStats]) -> None:
-        self._read_stats = read_stats
+    def __init__(self) -> None:
+        self.readers: dict[str, Callable[[], GroupStats]] = {}
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         """What collect() yields, without asking Redis: registering does no I/O."""
-        return self._families(GroupStats(0, 0, []))
+        return self._families([("0", GroupStats(0, 0, []))])
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        try:
-            stats = self._read_stats()
-        except Exception:  # a scrape must not fail because Redis is down
-            return []
-        return self._families(stats)
+        read = [(shard, _read(stats)) for shard, stats in list(self.readers.items())]
+        return self._families([(shard, stats) for shard, stats in read if stats is not None])
 
     @staticmethod
-    def _families(stats: GroupStats) -> Iterable[GaugeMetricFamily]:
-        if stats.lag is not None:
-            yield GaugeMetricFamily(
-                "stitch_group_lag",
-                "Entries in the input stream not yet delivered to the group.",
-                value=stats.lag,
-            )
-        yield GaugeMetricFamily(
+    def _families(shards: list[tuple[str, GroupStats]]) -> Iterable[GaugeMetricFamily]:
+        lag = GaugeMetricFamily(
+            "stitch_group_lag",
+            "Entries in the shard's input stream not yet delivered to the group.",
+            labels=["shard"],
+        )
+        group_pending = GaugeMetricFamily(
             "stitch_group_pending",
-            "Entries delivered to the group but not yet acked.",
-            value=stats.pending,
+            "Entries delivered to the shard's group but not yet acked.",
+            labels=["shard"],
         )
         pending = GaugeMetricFamily(
             "stitch_consumer_pending",
-            "Pending entries per consumer of the group.",
-            labels=["consumer"],
+            "Pending entries per consumer of the shard's group.",
+            labels=["shard", "consumer"],
         )
         idle = GaugeMetricFamily(
             "stitch_consumer_idle_seconds",
-            "Seconds since each consumer last read.",
-            labels=["consumer"],
+            "Seconds since each consumer of the shard's group last read.",
+            labels=["shard", "consumer"],
         )
-        for name, count, idle_s in stats.consumers:
-            pending.add_metric([name], count)
-            idle.add_metric([name], idle_s)
+        for shard, stats in shards:
+            if stats.lag is not None:
+                lag.add_metric([shard], stats.lag)
+            group_pending.add_metric([shard], stats.pending)
+            for name, count, idle_s in stats.consumers:
+                pending.add_metric([shard, name], count)
+                idle.add_metric([shard, name], idle_s)
+        if lag.samples:
+            yield lag
+        yield group_pending
         yield pending
         yield idle
+
+
+def _read(read_stats: Callable[[], GroupStats]) -> GroupStats | None:
+    try:
+        return read_stats()
+    except Exception:  # a scrape must not fail because Redis (or one shard's node) is down
+        return None
 
 
 class Metrics:
@@ -110,6 +121,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._groups: _GroupCollector | None = None
         r = self.registry
         self.entries_read = Counter("stitch_entries_read", "Stream entries read.", registry=r)
         self.events_emitted = Counter(
@@ -239,8 +251,12 @@ class Metrics:
         for kind in ERROR_KINDS:
             self.redis_errors.labels(kind)
 
-    def watch_group(self, read_stats: Callable[[], GroupStats]) -> None:
-        self.registry.register(_GroupCollector(read_stats))
+    def watch_group(self, read_stats: Callable[[], GroupStats], shard: int = 0) -> None:
+        """Export the group gauges of ``shard`` (one Metrics serves every shard's worker)."""
+        if self._groups is None:
+            self._groups = _GroupCollector()
+            self.registry.register(self._groups)
+        self._groups.readers[str(shard)] = read_stats
 
     def committed(self) -> None:
         self.last_commit.set(time.time())

@@ -16,11 +16,10 @@ import msgspec
 
 from .config import ENTRY_OVERHEAD, Settings
 from .deadletters import MESSAGES, DeadLetter
+from .placement import Placement
+from .tenants import TENANT_RE, Tenants
 
-__all__ = ["Entry", "Kind", "Parser"]
-
-TENANT_RE = re.compile(rb"[A-Za-z0-9_.-]{1,64}\Z")
-"""The tenant becomes part of a key name, so it is held to a safe alphabet."""
+__all__ = ["TENANT_RE", "Entry", "Kind", "Parser"]
 
 F_TENANT = b"tenant"
 F_EVENT = b"event"
@@ -100,12 +99,12 @@ class Parser:
         "_deep_bytes",
         "_id_chars",
         "_max_values",
-        "_reserved",
         "_tenants",
         "max_entry_bytes",
         "max_event_bytes",
         "max_id_bytes",
         "max_json_depth",
+        "tenants",
     )
 
     def __init__(
@@ -117,6 +116,7 @@ class Parser:
         max_id_bytes: int = 256,
         max_json_depth: int = 256,
         reserved_tenant: str | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.max_event_bytes = max_event_bytes
         self.max_entry_bytes = max_entry_bytes or max_event_bytes + 64 * 1024
@@ -130,12 +130,11 @@ class Parser:
         self._deep_bytes = 2 * max_json_depth + 1
         """Valid JSON nesting deeper than the limit needs at least this many bytes."""
         self._decode = msgspec.json.Decoder(_Fields).decode
-        self._tenants: dict[bytes, str] = {}
-        self._reserved = reserved_tenant.encode() if reserved_tenant is not None else None
-        """The tenant whose alias key is the change feed (see Settings.reserved_tenant)."""
+        self.tenants = Tenants(reserved_tenant, placement)
+        self._tenants = self.tenants.known
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Parser:
+    def from_settings(cls, settings: Settings, placement: Placement | None = None) -> Parser:
         return cls(
             settings.max_event_bytes,
             max_entry_bytes=settings.max_entry_bytes,
@@ -143,6 +142,7 @@ class Parser:
             max_id_bytes=settings.max_id_bytes,
             max_json_depth=settings.max_json_depth,
             reserved_tenant=settings.reserved_tenant,
+            placement=placement,
         )
 
     def parse(self, entry_id: bytes, fields: list[bytes] | None) -> Entry:
@@ -176,15 +176,14 @@ class Parser:
                 raw_tenant, raw = pairs.get(F_TENANT), pairs.get(F_EVENT)
         tenant = self._tenants.get(raw_tenant) if raw_tenant is not None else None
         if tenant is None:
-            tenant = self._tenant(raw_tenant)
-            if tenant is None:
-                if raw_tenant is None:
-                    return entry.reject(DeadLetter.MISSING_TENANT)
-                if n == 4 and sum(map(len, fields)) > self.max_entry_bytes:
-                    return _too_large(entry, sum(map(len, fields)), self.max_entry_bytes)
-                if raw_tenant == self._reserved:
-                    return entry.reject(DeadLetter.RESERVED_TENANT, tenant=raw_tenant.decode())
-                return entry.reject(DeadLetter.INVALID_TENANT)
+            if raw_tenant is None:
+                return entry.reject(DeadLetter.MISSING_TENANT)
+            if n == 4 and sum(map(len, fields)) > self.max_entry_bytes:
+                return _too_large(entry, sum(map(len, fields)), self.max_entry_bytes)
+            learnt = self.tenants.learn(raw_tenant)
+            if not isinstance(learnt, str):
+                return entry.reject(learnt[0], **learnt[1])
+            tenant = learnt
         entry.tenant = tenant
         if raw is None:
             return entry.reject(DeadLetter.MISSING_EVENT)
@@ -238,13 +237,6 @@ class Parser:
     def _reject_id(self, entry: Entry, field: str, uid: str) -> Entry:
         size = len(uid.encode())
         return entry.reject(DeadLetter.ID_TOO_LONG, field=field, size=size, limit=self.max_id_bytes)
-
-    def _tenant(self, raw: bytes | None) -> str | None:
-        if raw is None or not TENANT_RE.match(raw) or raw == self._reserved:
-            return None
-        if len(self._tenants) < 100_000:
-            self._tenants[raw] = raw.decode("ascii")
-        return raw.decode("ascii")
 
 
 def _utf8(raw: bytes) -> bool:

@@ -29,6 +29,7 @@ from .metrics import Metrics
 from .outage import Reconnector
 from .parser import Parser
 from .pipeline import Pipeline
+from .placement import Placement
 from .planner import Planner
 from .reconnection import Reconnection
 from .recovery import Recovery
@@ -50,6 +51,7 @@ class Worker:
         metrics: Metrics,
         log: Any,
         health: Health | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -58,7 +60,10 @@ class Worker:
         self._stop = threading.Event()
         self._client = client
         self.stream = InputStream(client, settings.input_stream, settings.group, settings.consumer)
-        parser = Parser.from_settings(settings)
+        self.placement = placement
+        """With STITCH_SHARDS > 1: this worker's shard; entries of other shards' tenants are
+        dead-lettered (``wrong_shard``)."""
+        self.parser = parser = Parser.from_settings(settings, placement)
         self.cache = AliasCache(settings.cache_size)
         self.planner = Planner(
             self.cache,
@@ -96,7 +101,7 @@ class Worker:
         )
         self._next_maintenance = 0.0
         self._next_progress = time.monotonic() + PROGRESS_EVERY_S
-        metrics.watch_group(self.stream.group_stats)
+        metrics.watch_group(self.stream.group_stats, placement.shard if placement else 0)
 
     @property
     def totals(self) -> Counter[str]:
@@ -148,6 +153,8 @@ class Worker:
         """Recovery and maintenance when due, then one turn of the pipeline."""
         now = time.monotonic()
         self.health.beat()
+        if self.placement is not None and self.placement.changed():
+            self.parser.tenants.forget()
         recovery = self.recovery
         if recovery.due:
             recovery.due = False

@@ -1,0 +1,92 @@
+"""STITCH_SHARDS > 1: one Worker per shard of STITCH_SHARD_SUBSET in one process, each in its
+own thread on its own connection (XREADGROUP BLOCK per shard: an idle shard costs no busy
+loop), sharing the metrics, the probes and the override table (worker/placement.py)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+from resolver.sharding import OVERRIDES_KEY
+
+from .config import Settings
+from .connection import connect
+from .health import Health
+from .metrics import Metrics
+from .placement import OVERRIDES_REFRESH_S, Overrides, Placement
+from .worker import Worker
+
+__all__ = ["JOIN_POLL_S", "Fleet"]
+
+JOIN_POLL_S = 0.2
+"""The main thread waits in short joins, so signal handlers run promptly."""
+
+
+class Fleet:
+    """Started and stopped as one worker: a stop reaches every shard; the first shard that
+    fails (Redis gone past the give-up time) stops the others and its error is raised."""
+
+    def __init__(self, settings: Settings, workers: list[Worker], overrides: Overrides) -> None:
+        self.settings = settings
+        self.workers = workers
+        self.overrides = overrides
+        self.refresh_s = OVERRIDES_REFRESH_S
+        self._stop = threading.Event()
+        self._errors: list[BaseException] = []
+
+    @classmethod
+    def build(cls, settings: Settings, metrics: Metrics, log: Any, health: Health) -> Fleet:
+        """Reads the override table first: no shard starts without it."""
+        overrides = Overrides(
+            connect(settings, route_key=OVERRIDES_KEY), settings.shards, metrics, log
+        )
+        workers = []
+        for shard in settings.shard_numbers:
+            own = settings.for_shard(shard)
+            client = connect(own, route_key=own.input_stream)
+            placement = Placement(settings, shard, overrides)
+            workers.append(Worker(own, client, metrics, log.bind(shard=shard), health, placement))
+        fleet = cls(settings, workers, overrides)
+        overrides.load(settings.reconnect_give_up_s, fleet._stop)
+        return fleet
+
+    def request_stop(self) -> None:
+        """Called from a signal handler: only sets flags."""
+        self._stop.set()
+        for worker in self.workers:
+            worker.request_stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def summary(self) -> dict[str, int]:
+        totals: Counter[str] = Counter()
+        for worker in self.workers:
+            totals.update(worker.totals)
+        return dict(sorted(totals.items()))
+
+    def run(self, *, drain: bool = False) -> None:
+        self.overrides.watch(self._stop, self.refresh_s)
+        threads = [
+            threading.Thread(
+                target=self._run_one, args=(worker, drain), name=f"shard-{shard}", daemon=True
+            )
+            for shard, worker in zip(self.settings.shard_numbers, self.workers, strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(JOIN_POLL_S)
+        self._stop.set()
+        if self._errors:
+            raise self._errors[0]
+
+    def _run_one(self, worker: Worker, drain: bool) -> None:
+        try:
+            worker.run(drain=drain)
+        except BaseException as exc:
+            self._errors.append(exc)
+            self.request_stop()
