@@ -60,9 +60,10 @@ def _wait(predicate: Callable[[], object], timeout: float, what: str) -> None:
 class Cluster:
     """``primaries`` primaries and as many replicas; every node has the README's ACL users."""
 
-    def __init__(self, primaries: int = 3) -> None:
+    def __init__(self, primaries: int = 3, binary: str | None = None) -> None:
         self.nodes = [RedisServer(port=cluster_port()) for _ in range(2 * primaries)]
         for node in self.nodes:
+            node.binary = binary or node.binary  # valkey-server beside redis-server
             node.extra = [
                 "--cluster-enabled",
                 "yes",
@@ -126,6 +127,22 @@ class Cluster:
             for entry in node.client().acl_log()
             if entry["username"] == WORKER_USER
         ]
+
+    def producer(self) -> redis.RedisCluster:
+        """redis-py's cluster client as the default user: what a producer would use."""
+        seed = self.live()[0]
+        return redis.RedisCluster(host="127.0.0.1", port=seed.port, protocol=2)
+
+    def wait_replicated(self, timeout: float = 30) -> None:
+        """Every live primary's replicas have all it has written so far (nothing the tests
+        wrote can be lost by a failover)."""
+
+        def caught_up(node: RedisServer) -> bool:
+            info = node.client().info("replication")
+            replicas = [v for k, v in info.items() if k.startswith("slave") and k[5:].isdigit()]
+            return all(int(r["offset"]) >= info["master_repl_offset"] for r in replicas)
+
+        _wait(lambda: all(caught_up(n) for n in self.primaries()), timeout, "the replicas")
 
     def live(self) -> list[RedisServer]:
         return [node for node in self.nodes if node.proc is not None]
@@ -201,14 +218,15 @@ class Cluster:
         except redis.RedisError:
             return False
 
-    def migrate_slot(self, key: str, target: RedisServer, pause_s: float = 0.0) -> int:
-        """Move ``key``'s slot to ``target``: IMPORTING/MIGRATING, MIGRATE in batches of
-        MIGRATE_BATCH keys with ``pause_s`` between them, SETSLOT NODE on every primary; the
-        number of keys moved."""
+    def migrate_slot(
+        self, key: str, target: RedisServer, batch: int = MIGRATE_BATCH, pause_s: float = 0.0
+    ) -> int:
+        """Move ``key``'s slot to ``target``: IMPORTING/MIGRATING, MIGRATE ``batch`` keys at
+        a time with ``pause_s`` between, SETSLOT NODE on every primary; the keys moved."""
         source = self.begin_migration(key, target)
         moved = 0
-        while batch := self.migrate_keys(key, source, target, MIGRATE_BATCH):
-            moved += batch
+        while count := self.migrate_keys(key, source, target, batch):
+            moved += count
             time.sleep(pause_s)
         self.end_migration(key, source, target)
         return moved

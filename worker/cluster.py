@@ -22,6 +22,7 @@ from redis.connection import Connection, SSLConnection
 from redis.crc import key_slot
 from redis.exceptions import (
     ClusterDownError,
+    MovedError,
     RedisClusterException,
     ResponseError,
     SlotNotCoveredError,
@@ -83,15 +84,33 @@ def _topology_error(exc: RedisClusterException) -> Exception:
 
 
 class SlotConnection(Connection):
-    """A connection whose address is the slot owner's, looked up when it connects."""
+    """A connection whose address is the slot owner's, looked up when it connects; after a
+    MOVED it connects again (to the new owner) before sending anything else."""
 
     def __init__(self, *, slot_owner: SlotOwner, **kwargs: Any) -> None:
         self.slot_owner = slot_owner
+        self.moved = False
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]
 
     def _connect(self) -> Any:
         self.host, self.port = self.slot_owner.address()
         return super()._connect()  # type: ignore[no-untyped-call]
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except MovedError:
+            # not dropped here: a pipeline's later replies (WAIT's) are still to be read.
+            # The worker drops its connections only when an outage starts, and a slot
+            # migration starts one with TRYAGAIN or ASK, long before the MOVED
+            self.moved = True
+            raise
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self.moved:
+            self.moved = False
+            self.disconnect()  # type: ignore[no-untyped-call]
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
 
 
 class SlotSSLConnection(SlotConnection, SSLConnection):
