@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,13 +17,13 @@ import redis
 import structlog
 
 from resolver.sharding import OVERRIDES_KEY, route, shard_of
+from tests.conftest import running_worker
 from tests.helpers import event, identify
 from tests.redis_proc import RedisServer, apply_acl_users
 from worker import Metrics, Settings, Worker
 from worker.cli import main
 from worker.connection import connect
 from worker.fleet import Fleet
-from worker.health import Health
 
 SHARDS = 8
 TENANTS = [f"tenant{n:02d}" for n in range(20)]
@@ -73,7 +75,7 @@ def produce(client: redis.Redis, settings: Settings, entries: list[tuple[str, An
 def run_replicas(settings: list[Settings]) -> list[Fleet]:
     """Each replica's fleet drained in its own thread, as separate pods would run."""
     log = structlog.get_logger("test")
-    fleets = [Fleet.build(s, Metrics(), log, Health(s.stall_after_s)) for s in settings]
+    fleets = [Fleet.build(s, Metrics(), log) for s in settings]
     threads = [threading.Thread(target=f.run, kwargs={"drain": True}) for f in fleets]
     for thread in threads:
         thread.start()
@@ -137,7 +139,7 @@ def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
 @contextlib.contextmanager
 def running(settings: Settings) -> Iterator[Fleet]:
     """A fleet serving until the block ends, re-reading the override table every 50 ms."""
-    fleet = Fleet.build(settings, Metrics(), structlog.get_logger("test"), Health(60))
+    fleet = Fleet.build(settings, Metrics(), structlog.get_logger("test"))
     fleet.refresh_s = 0.05
     thread = threading.Thread(target=fleet.run)
     thread.start()
@@ -238,3 +240,19 @@ def test_tenant_commands_and_status_find_a_sharded_tenant(
     assert len(readings) == SHARDS
     assert main(["status", "--watch", "1"]) == 2
     assert "status --watch reads one shard" in capsys.readouterr().err
+
+
+def test_the_daemon_runs_every_shard_and_one_sigterm_stops_them_all(
+    sharded_redis: redis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    settings = sharded(redis_server.url)
+    entries = workload()[:80]
+    produce(sharded_redis, settings, entries)
+    log = tmp_path / "worker.log"
+    with running_worker(redis_server.url, log_path=log, shards=SHARDS, block_ms=100) as proc:
+        eventually(lambda: len(emitted(sharded_redis, settings)) == len(entries) // 2, 60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    stopped = sorted(line["shard"] for line in lines if line["event"] == "stopped")
+    assert stopped == list(range(SHARDS))

@@ -23,6 +23,8 @@ from resolver.sharding import (
 from worker.acl import worker_rules
 from worker.config import Settings
 from worker.errors import ConfigError
+from worker.fleet import FleetHealth
+from worker.health import Health
 from worker.metrics import GroupStats, Metrics
 from worker.parser import Kind, Parser
 from worker.placement import Overrides, Placement
@@ -211,3 +213,18 @@ def test_the_group_gauges_carry_the_shard() -> None:
     metrics.watch_group(down, 3)  # one shard's node down: the others are still scraped
     assert sample("stitch_group_pending", {"shard": "0"}) == 2
     assert sample("stitch_group_pending", {"shard": "3"}) is None
+
+
+def test_the_process_is_live_and_ready_only_while_every_shard_is() -> None:
+    shards = [Health(30.0), Health(30.0)]
+    for part in shards:
+        part.connected = part.group_ready = True
+    health = FleetHealth(shards)
+    assert health.live
+    assert health.ready
+    shards[1].progress_at -= 31  # one shard's loop stalled: the others beating hide nothing
+    assert not health.live
+    shards[1].beat()
+    shards[0].in_outage = True
+    assert health.live
+    assert not health.ready

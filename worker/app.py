@@ -40,13 +40,12 @@ def run(settings: Settings, *, drain: bool = False, metrics: Metrics | None = No
     log = get_logger(consumer=settings.consumer)
     disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created doubles a scrape
     metrics = metrics if metrics is not None else Metrics()
-    health = Health(settings.stall_after_s)
-    server = _serve_probes(settings, metrics, health)
     worker: Runner = (
-        Worker(settings, connect(settings), metrics, log, health)
+        Worker(settings, connect(settings), metrics, log, Health(settings.stall_after_s))
         if settings.shards == 1
-        else Fleet.build(settings, metrics, log, health)
+        else Fleet.build(settings, metrics, log)
     )
+    server = _serve_probes(settings, metrics, worker.health)
     tune_gc()
     try:
         with capture_signals(worker, log):
@@ -76,6 +75,8 @@ class Runner(Protocol):
 
     @property
     def settings(self) -> Settings: ...
+    @property
+    def health(self) -> Health: ...
     @property
     def stopping(self) -> bool: ...
     def request_stop(self) -> None: ...

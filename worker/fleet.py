@@ -17,7 +17,7 @@ from .metrics import Metrics
 from .placement import OVERRIDES_REFRESH_S, Overrides, Placement
 from .worker import Worker
 
-__all__ = ["JOIN_POLL_S", "Fleet"]
+__all__ = ["JOIN_POLL_S", "Fleet", "FleetHealth"]
 
 JOIN_POLL_S = 0.2
 """The main thread waits in short joins, so signal handlers run promptly."""
@@ -36,8 +36,8 @@ class Fleet:
         self._errors: list[BaseException] = []
 
     @classmethod
-    def build(cls, settings: Settings, metrics: Metrics, log: Any, health: Health) -> Fleet:
-        """Reads the override table first: no shard starts without it."""
+    def build(cls, settings: Settings, metrics: Metrics, log: Any) -> Fleet:
+        """No I/O yet: ``run`` reads the override table before any shard starts."""
         overrides = Overrides(
             connect(settings, route_key=OVERRIDES_KEY), settings.shards, metrics, log
         )
@@ -46,10 +46,15 @@ class Fleet:
             own = settings.for_shard(shard)
             client = connect(own, route_key=own.input_stream)
             placement = Placement(settings, shard, overrides)
+            health = Health(settings.stall_after_s)
             workers.append(Worker(own, client, metrics, log.bind(shard=shard), health, placement))
-        fleet = cls(settings, workers, overrides)
-        overrides.load(settings.reconnect_give_up_s, fleet._stop)
-        return fleet
+        return cls(settings, workers, overrides)
+
+    @property
+    def health(self) -> Health:
+        """What the probes answer for the whole process: every shard's loop must be live
+        (one stalled shard is a stalled worker) and ready."""
+        return FleetHealth([worker.health for worker in self.workers])
 
     def request_stop(self) -> None:
         """Called from a signal handler: only sets flags."""
@@ -68,6 +73,9 @@ class Fleet:
         return dict(sorted(totals.items()))
 
     def run(self, *, drain: bool = False) -> None:
+        self.overrides.load(self.settings.reconnect_give_up_s, self._stop)
+        if self.stopping:
+            return
         self.overrides.watch(self._stop, self.refresh_s)
         threads = [
             threading.Thread(
@@ -90,3 +98,21 @@ class Fleet:
         except BaseException as exc:
             self._errors.append(exc)
             self.request_stop()
+
+
+class FleetHealth(Health):
+    """Every shard's Health as one: live and ready only while each of them is."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[Health]) -> None:
+        super().__init__(parts[0].stall_after_s)
+        self.parts = parts
+
+    @property
+    def live(self) -> bool:
+        return all(part.live for part in self.parts)
+
+    @property
+    def ready(self) -> bool:
+        return all(part.ready for part in self.parts)

@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from resolver.heights import _glob_escape
 from resolver.sharding import OVERRIDES_KEY, Route, parse_overrides, route
 from resolver.sharding import shard_of as hashed_shard
 
@@ -53,6 +54,8 @@ def route_commands(commands: Any) -> list[argparse.ArgumentParser]:
     parser.add_argument("--tenant", action="append", required=True, help="repeatable")
     parser.add_argument("--shard", type=int, help="with 'set': the shard to place it on")
     parser.add_argument("--json", action="store_true", help="one JSON object, for tools")
+    parser.usage = "lehnz-stitch route [set] --tenant T [--tenant T2 ...] [--shard S] [--json] "
+    parser.usage += "[--SETTING VALUE ...]"
     return [parser]
 
 
@@ -155,7 +158,7 @@ def _refuse_if_data(settings: Settings, where: Route, what: str) -> None:
 def _has_alias_keys(client: redis.Redis, alias_key: str) -> str:
     if client.exists(alias_key):
         return f"an alias hash ({alias_key})"
-    for key in client.scan_iter(match=alias_key.replace("*", r"\*") + ":*", count=1000):
+    for key in client.scan_iter(match=_glob_escape(alias_key) + ":*", count=1000):
         return f"keys beside its alias map ({key.decode()})"
     return ""
 
