@@ -1,8 +1,8 @@
 """``python -m bench``: every lehnz-stitch benchmark in one run, printed side by side.
 
 Sections: A throughput vs a naive worker and a pipelined copy loop; B latency at a steady
-offered load; C resolver costs; D cache memory; E replicas and Redis CPU. Results are
-printed and written to bench/results/latest.txt.
+offered load; C resolver costs; D cache memory; E replicas and Redis CPU; F sharded over a
+Redis Cluster vs one Redis. Results are printed and written to bench/results/latest.txt.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 import redis
 from redis.utils import HIREDIS_AVAILABLE
 
+from .cluster import run_section_f
 from .datagen import DataSet, generate, load
 from .latency import percentile, run_latency, run_redis_probe
 from .memory import CHUNK
@@ -101,7 +102,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         default=None,
         help="distinct ids pushed through the cache (default 1M; quick 400k)",
     )
-    parser.add_argument("--sections", default="ABCDE", help="subset to run, e.g. AC")
+    parser.add_argument("--sections", default="ABCDEF", help="subset to run, e.g. AC")
     parser.add_argument(
         "--wait-replicas",
         type=int,
@@ -737,6 +738,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "D" in opts.sections:
         with timed(report, "section D"):
             guarded(report, "D", lambda: section_d(report, opts))
+    if "F" in opts.sections:
+        with timed(report, "section F"):
+            guarded(report, "F", lambda: run_section_f(report, opts.events))
     report.line()
     copy = RESULTS.with_name(f"latest-{'quick' if opts.quick else 'full'}.txt")
     report.line(

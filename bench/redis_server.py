@@ -45,7 +45,9 @@ def pinned(cmd: Sequence[str], cpu: int | None) -> list[str]:
 class RedisServer:
     """One redis-server on loopback; use as a context manager."""
 
-    def __init__(self, *, cpu: int | None = CPU_REDIS, port: int | None = None) -> None:
+    def __init__(
+        self, *, cpu: int | None = CPU_REDIS, port: int | None = None, extra: Sequence[str] = ()
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not on PATH")
@@ -53,6 +55,7 @@ class RedisServer:
         self.cpu = cpu
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="stitch-bench-redis-"))
+        self.extra = list(extra)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -81,6 +84,7 @@ class RedisServer:
             str(self.dir / "redis.log"),
             "--protected-mode",
             "yes",
+            *self.extra,
         ]
         self.proc = subprocess.Popen(
             pinned(args, self.cpu), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

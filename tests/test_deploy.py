@@ -413,6 +413,34 @@ def test_compose_redis_users_are_the_readme_users() -> None:
     assert "--aclfile /etc/redis/users.acl" in " ".join(services["services"]["redis"]["command"])
 
 
+def test_cluster_compose_runs_sharded_workers_on_every_node() -> None:
+    """The cluster trial: six nodes from one config file, each with the sharded ACL users
+    (``STITCH_SHARDS=8 lehnz-stitch acl`` with the trial passwords), built by a one-shot
+    ``redis-cli --cluster create``; two workers whose settings (a redis+cluster:// URL
+    naming nodes, STITCH_SHARDS=8) the worker accepts."""
+    services = load_yaml(DEPLOY / "docker-compose.cluster.yml")["services"]
+    nodes = [name for name in services if name.startswith("redis-")]
+    assert len(nodes) == 6
+    for name in nodes:
+        mounts = services[name]["volumes"]
+        assert "./redis-cluster.conf:/usr/local/etc/redis/cluster.conf:ro" in mounts
+        assert "./redis-users-sharded.acl:/etc/redis/users.acl:ro" in mounts
+        assert services[name]["command"][-2:] == ["--cluster-announce-hostname", name]
+    assert "--cluster-replicas 1" in services["cluster-init"]["command"][-1]
+    conf = (DEPLOY / "redis-cluster.conf").read_text()
+    assert "cluster-enabled yes" in conf and "aclfile /etc/redis/users.acl" in conf
+    lines = (DEPLOY / "redis-users-sharded.acl").read_text().splitlines()
+    users = {words[1]: " ".join(words[2:]) for words in map(str.split, lines)}
+    sharded = Settings(shards=8, consumer="x")
+    assert users[WORKER_USER].endswith(" ".join(worker_rules(sharded)))
+    assert users[ADMIN_USER].endswith(" ".join(admin_rules(sharded)))
+    for worker in ("worker-1", "worker-2"):
+        env = services[worker]["environment"]
+        assert env["STITCH_REDIS_URL"].startswith(f"redis+cluster://{WORKER_USER}@redis-1:")
+        settings = Settings.from_env(env)
+        assert settings.shards == 8 and settings.wait_replicas == 1
+
+
 def test_compose_prometheus_scrapes_both_workers() -> None:
     """Prometheus mounts the config and rules from deploy/prometheus and scrapes both workers."""
     services = load_yaml(COMPOSE)["services"]

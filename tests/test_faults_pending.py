@@ -182,3 +182,35 @@ def test_output_and_dead_letter_streams_stay_bounded(real_redis: redis.Redis) ->
     dead = [fields[b"source_id"].decode() for _, fields in c.xrange(DEAD)]
     assert 50 <= len(dead) <= 250, len(dead)
     assert dead == bad[-len(dead) :]
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["same-process", "restarted"])
+def test_rereads_during_an_outage_are_not_deliveries(
+    real_redis: redis.Redis, restarted: bool
+) -> None:
+    """Every attempt of an outage re-reads the worker's own pending entries, and Redis counts
+    each re-read as a delivery: those this process made itself do not count towards
+    STITCH_MAX_DELIVERIES (the entry is emitted once the outage ends, as after a slot
+    migration's TRYAGAIN/ASK retries), while a restarted process counts them all (a crash
+    loop still ends in a dead letter)."""
+    c, limit = real_redis, 2
+    worker = make_worker(c, consumer="w", max_deliveries=limit)
+    worker.startup()
+    entry = add(c, "acme", event("anon-1"))
+    c.xreadgroup(GROUP, "w", {INPUT: ">"}, count=1)
+    c.set("alias:acme", "not a hash")  # every commit refused (WRONGTYPE): an outage
+    for _ in range(limit + 2):
+        with pytest.raises(redis.ResponseError):
+            worker.recovery.own_pending()
+    assert _delivered(c, entry) == limit + 3
+    c.delete("alias:acme")
+    if restarted:
+        worker = make_worker(c, consumer="w", max_deliveries=limit)
+        worker.startup()
+    worker.recovery.own_pending()
+    assert c.xpending(INPUT, GROUP)["pending"] == 0
+    if restarted:
+        assert [d["error_code"] for d in output(c, DEAD)] == ["max_deliveries_exceeded"]
+        assert output(c) == []
+    else:
+        assert output_sources(c) == {entry: 1} and c.xlen(DEAD) == 0

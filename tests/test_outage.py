@@ -276,6 +276,8 @@ REFUSALS = {
     "noreplicas": "NOREPLICAS Not enough good replicas to write.",
     "tryagain": "TRYAGAIN Multiple keys request during rehashing of slot",
     "clusterdown": "CLUSTERDOWN The cluster is down",
+    "moved": "MOVED 3999 127.0.0.1:6381",
+    "ask": "ASK 3999 127.0.0.1:6381",
 }
 
 

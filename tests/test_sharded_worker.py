@@ -51,10 +51,11 @@ def sharded_redis(real_redis: redis.Redis) -> Iterator[redis.Redis]:
     apply_acl_users(real_redis)
 
 
-def workload() -> list[tuple[str, dict[str, Any]]]:
-    """Per tenant: anonymous events, identifies chaining three ids, a merge, more events."""
+def workload(steps: int = 6) -> list[tuple[str, dict[str, Any]]]:
+    """Per tenant and step: anonymous events, identifies chaining three ids, a merge, more
+    events."""
     entries: list[tuple[str, dict[str, Any]]] = []
-    for step in range(6):
+    for step in range(steps):
         for n, tenant in enumerate(TENANTS):
             anon, user, other = f"anon-{n}-{step}", f"user-{n}", f"dev-{n}-{step % 2}"
             entries.append((tenant, event(anon, seq=f"{tenant}-{step}-a")))

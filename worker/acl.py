@@ -23,6 +23,7 @@ from .config import Settings
 __all__ = [
     "ADMIN_COMMANDS",
     "ADMIN_USER",
+    "CLUSTER_COMMANDS",
     "HEIGHTS_COMMANDS",
     "WORKER_COMMANDS",
     "WORKER_USER",
@@ -83,6 +84,10 @@ WORKER_COMMANDS = (
     "+wait",
 )
 """Everything ``python -m worker run`` and ``resolve`` send, scripts' inner calls included."""
+
+CLUSTER_COMMANDS = ("+cluster|slots",)
+"""Behind a ``redis+cluster://`` URL only: the topology, read before each new connection to
+find the primary of the shard's slot (cluster.py)."""
 
 HEIGHTS_COMMANDS = ("+hdel", "+del", "+rename")
 """Only on the heights hashes beside the alias maps (an ACL selector): a root that gains a
@@ -176,6 +181,7 @@ def worker_rules(settings: Settings) -> list[str]:
     return [
         "-@all",
         *WORKER_COMMANDS,
+        *CLUSTER_COMMANDS,
         *key_patterns(settings),
         heights_selector(settings),
         *overrides_rules(settings, write=False),
@@ -187,6 +193,7 @@ def admin_rules(settings: Settings) -> list[str]:
     return [
         "-@all",
         *WORKER_COMMANDS,
+        *CLUSTER_COMMANDS,
         *ADMIN_COMMANDS,
         *key_patterns(settings),
         *overrides_rules(settings, write=True),

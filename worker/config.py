@@ -233,6 +233,8 @@ def _renamed(env: Mapping[str, str]) -> Mapping[str, str]:
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 """``[user:password@]host:port[,host:port...]/service-name[/db]``: see connection.py."""
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+"""``[user:password@]host:port[,host:port...][/0]``: see connection.py and cluster.py."""
 
 
 def _check_redis_url(settings: Settings) -> None:
@@ -243,10 +245,10 @@ def _check_redis_url(settings: Settings) -> None:
         url = urlsplit(settings.redis_url)
     except ValueError as exc:
         raise ConfigError(f"{env_name('redis_url')}: not a URL ({exc})") from None
-    if url.scheme not in ("redis", "rediss", "unix", *SENTINEL_SCHEMES):
+    if url.scheme not in ("redis", "rediss", "unix", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES):
         raise ConfigError(
             f"{env_name('redis_url')}: expected a redis://, rediss://, unix://, "
-            "redis+sentinel:// or rediss+sentinel:// URL, "
+            "redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster:// URL, "
             f"got one starting with {url.scheme + ':' if url.scheme else 'no scheme'}"
         )
     query = {name.lower() for name, _ in parse_qsl(url.query)}
@@ -262,7 +264,7 @@ def _check_redis_url(settings: Settings) -> None:
     if tls_files and not url.scheme.startswith("rediss"):
         raise ConfigError(
             f"{env_name(tls_files[0])}: set, but {env_name('redis_url')} is not a rediss:// "
-            "(or rediss+sentinel://) URL"
+            "(or rediss+sentinel://, rediss+cluster://) URL"
         )
     if settings.redis_key_file and not settings.redis_cert_file:
         raise ConfigError(

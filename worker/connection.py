@@ -23,7 +23,8 @@ from redis.credentials import CredentialProvider
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from .config import SENTINEL_SCHEMES, Settings, env_name
+from .cluster import cluster_client, same_slot
+from .config import CLUSTER_SCHEMES, SENTINEL_SCHEMES, Settings, env_name
 from .errors import ConfigError
 
 __all__ = ["CLIENT_NAME", "NO_CLIENT_SETINFO", "PasswordFile", "connect", "redact"]
@@ -42,16 +43,24 @@ _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 
 SENTINEL_PORT = 26379
+REDIS_PORT = 6379
 
 
 def connect(settings: Settings, route_key: str | None = None) -> redis.Redis:
     """A RESP2 client whose socket timeout always exceeds BLOCK; retries are the worker's job.
-    ``route_key``: the key whose cluster node the client should reach (ignored for now: one
-    node holds every shard)."""
-    sentinel = urlsplit(settings.redis_url).scheme in SENTINEL_SCHEMES
+
+    With a cluster URL the client talks to the primary that owns ``route_key``'s slot (by
+    default the input stream's), and ``settings``' keys must all lie in that slot; with any
+    other URL ``route_key`` is ignored."""
+    scheme = urlsplit(settings.redis_url).scheme
+    sentinel, cluster = scheme in SENTINEL_SCHEMES, scheme in CLUSTER_SCHEMES
     try:
         from_url: dict[str, Any] = (
-            _sentinel_url(settings.redis_url) if sentinel else parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
+            _sentinel_url(settings.redis_url)
+            if sentinel
+            else _cluster_url(settings.redis_url)
+            if cluster
+            else parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
         )
     except ValueError as exc:
         raise ConfigError(f"{env_name('redis_url')}: {exc}") from None
@@ -71,6 +80,8 @@ def connect(settings: Settings, route_key: str | None = None) -> redis.Redis:
         )
     if sentinel:
         return _sentinel_client(options)
+    if cluster:
+        return _cluster_client(settings, route_key or settings.input_stream, options)
     return redis.Redis(connection_pool=redis.ConnectionPool(**options))
 
 
@@ -79,29 +90,73 @@ def _sentinel_url(url: str) -> dict[str, Any]:
     the user and password are the Redis servers' (the sentinels are asked without them)."""
     parts = urlsplit(url)
     userinfo, _, hosts = parts.netloc.rpartition("@")
-    sentinels = []
-    for host in hosts.split(","):
-        name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
-        if not name or (port and not port.isdigit()):
-            raise ValueError(f"sentinel address {host!r} is not host:port")
-        sentinels.append((name.strip("[]"), int(port) if port else SENTINEL_PORT))
     path = [unquote(p) for p in parts.path.split("/")[1:]]
     if not path or not path[0] or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError("a Sentinel URL ends with /service-name or /service-name/db")
-    options: dict[str, Any] = {
-        "sentinels": sentinels,
+    return {
+        "sentinels": _addresses(hosts, SENTINEL_PORT, "sentinel"),
         "service_name": path[0],
         "db": int(path[1]) if len(path) == 2 else 0,
+        **_credentials(userinfo),
+        **({"ssl": True} if parts.scheme.startswith("rediss") else {}),
     }
-    if userinfo:
-        user, has_password, password = userinfo.partition(":")
-        if user:
-            options["username"] = unquote(user)
-        if has_password:
-            options["password"] = unquote(password)
-    if parts.scheme.startswith("rediss"):
-        options["ssl"] = True
-    return options
+
+
+def _cluster_url(url: str) -> dict[str, Any]:
+    """``redis[s]+cluster://[user:password@]host:port[,host:port...][/0]``: seed nodes (any
+    of them reachable is enough, the cluster names the others); a cluster has only db 0."""
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0: end the URL with /0 or nothing")
+    if parts.query:
+        raise ValueError("a cluster URL takes no ?options")
+    return {
+        "seeds": _addresses(hosts, REDIS_PORT, "cluster node"),
+        **_credentials(userinfo),
+        **({"ssl": True} if parts.scheme.startswith("rediss") else {}),
+    }
+
+
+def _addresses(hosts: str, default_port: int, what: str) -> list[tuple[str, int]]:
+    """``host[:port][,host[:port]...]`` (IPv6 in brackets)."""
+    found = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
+        if not name or (port and not port.isdigit()):
+            raise ValueError(f"{what} address {host!r} is not host:port")
+        found.append((name.strip("[]"), int(port) if port else default_port))
+    return found
+
+
+def _credentials(userinfo: str) -> dict[str, str]:
+    user, has_password, password = userinfo.partition(":")
+    credentials = {"username": unquote(user)} if user else {}
+    if has_password:
+        credentials["password"] = unquote(password)
+    return credentials
+
+
+def _cluster_client(settings: Settings, route_key: str, options: dict[str, Any]) -> redis.Redis:
+    """Every key of one commit script must lie in one slot, or the cluster refuses it
+    (CROSSSLOT): with STITCH_SHARDS > 1 each shard's names share its tag by construction;
+    with one shard the operator's names must share one, checked here before anything is
+    sent."""
+    names = [
+        settings.input_stream,
+        settings.output_stream,
+        settings.dead_stream,
+        settings.changes_key,
+        settings.alias_prefix + "a",
+        settings.alias_prefix + "b",  # two tenants: the prefix must hold the whole tag
+    ]
+    if settings.shards == 1 and not same_slot(names):
+        raise ConfigError(
+            f"{env_name('redis_url')}: a Redis Cluster needs each shard's keys in one slot; "
+            f"set {env_name('shards')} above 1 (or give the streams, the change feed and "
+            f"{env_name('alias_prefix')} one {{hash tag}})"
+        )
+    return cluster_client(options.pop("seeds"), route_key, options)
 
 
 def _sentinel_client(options: dict[str, Any]) -> redis.Redis:
@@ -119,7 +174,7 @@ def _sentinel_client(options: dict[str, Any]) -> redis.Redis:
 
 def _tls_options(settings: Settings) -> dict[str, Any]:
     """Verification is always on (CA chain and host name); the files are checked now."""
-    if not settings.redis_url.startswith(("rediss://", "rediss+sentinel://")):
+    if not urlsplit(settings.redis_url).scheme.startswith("rediss"):
         return {}
     ca, cert, key = settings.redis_ca_file, settings.redis_cert_file, settings.redis_key_file
     context = ssl.create_default_context()

@@ -57,7 +57,8 @@ class OutageHooks(Protocol):
         """The first failure of an outage: drop what is in hand (it stays pending)."""
 
     def failed(self, kind: str) -> None:
-        """Any error of an outage, the first included (counted by kind)."""
+        """Any error of an outage, the first included: counted by kind, and what the failed
+        attempt had in hand dropped (it stays pending, to be re-read)."""
 
     def reconnected(self) -> None:
         """A reconnect worked: forget what Redis may have lost before the step runs again."""

@@ -80,6 +80,11 @@ class Reconnection:
 
     def failed(self, kind: str) -> None:
         self._metrics.redis_errors.labels(kind).inc()
+        # every failed attempt, not only the first: a retried step may have read entries
+        # (its own pending ones, or new ones behind a refused commit) before failing, and
+        # they must be re-read when the outage ends, not left to the idle reclaim
+        self._pipeline.drop()
+        self._recovery.due = True
 
     def reconnected(self) -> None:
         # Redis may have lost links (no AOF) or scripts: start from what it holds now,

@@ -4,6 +4,7 @@ consumers' once idle past the threshold, and consumers that are gone for good.""
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from typing import Any
 
 import redis
@@ -30,6 +31,7 @@ class Recovery:
         "_log",
         "_metrics",
         "_parser",
+        "_reread",
         "_settings",
         "_stop",
         "_stream",
@@ -58,6 +60,10 @@ class Recovery:
         self._delconsumer = client.register_script(DELCONSUMER_LUA)
         self.due = True
         """Set at start, after a reconnect and when a batch was left pending."""
+        self._reread: Counter[bytes] = Counter()
+        """How often this process re-read each of its own pending entries: re-reads after
+        an outage are not deliveries that crashed a worker, and must not count towards
+        STITCH_MAX_DELIVERIES (a slot migration may retry a batch dozens of times)."""
 
     def own_pending(self) -> int:
         """Re-read and finish what this consumer name had pending (before a restart, say)."""
@@ -66,10 +72,16 @@ class Recovery:
             entries = self._stream.read(self._settings.batch_size, None, start)
             if not entries:
                 break
-            self.process(entries, counts=self._stream.delivery_counts(entries))
+            counts = self._stream.delivery_counts(entries)
+            reread = self._reread
+            own = {eid: delivered - reread[eid] for eid, delivered in counts.items()}
+            reread.update(eid for eid, _ in entries)
+            self.process(entries, counts=own)
             self._metrics.redeliveries.inc(len(entries))
             handled += len(entries)
             start = entries[-1][0].decode()
+        if not self.due:  # everything re-read is committed (or dead-lettered) now
+            self._reread.clear()
         if handled:
             self._log.info("recovered pending entries", entries=handled)
         return handled

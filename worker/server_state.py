@@ -33,6 +33,8 @@ SERVER_STATE_CODES = frozenset(
         "MASTERDOWN",
         "CLUSTERDOWN",
         "TRYAGAIN",
+        "MOVED",
+        "ASK",
         "LOADING",
         "READONLY",
         "OOM",
@@ -78,10 +80,13 @@ def outage_kind(exc: BaseException) -> str | None:
 
 
 def _class_code(exc: ResponseError) -> str | None:
-    """MASTERDOWN, CLUSTERDOWN and TRYAGAIN have classes of their own in redis-py."""
+    """MASTERDOWN, CLUSTERDOWN, TRYAGAIN, MOVED and ASK have classes of their own in
+    redis-py (which strips the code from the text before redis-py 6)."""
     name = type(exc).__name__
     return {
         "MasterDownError": "MASTERDOWN",
         "ClusterDownError": "CLUSTERDOWN",
         "TryAgainError": "TRYAGAIN",
+        "MovedError": "MOVED",
+        "AskError": "ASK",
     }.get(name)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     BusyLoadingError,
     ClusterError,
@@ -24,6 +25,7 @@ from redis.exceptions import (
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
+    TryAgainError,
 )
 
 from .deadletters import DeadLetter
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["Splitter", "entries_at_fault"]
 
 SERVER_STATE_ERRORS = (
+    AskError,  # MOVED too: the slot is served elsewhere now
     AuthenticationError,
     BusyLoadingError,
     ClusterError,
@@ -44,6 +47,7 @@ SERVER_STATE_ERRORS = (
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    TryAgainError,
 )
 """The same for the codes redis-py turns into classes of their own."""
 
