@@ -54,8 +54,6 @@ DEFAULT_CHANGES_MAXLEN = 10_000_000
 LIBRARY_CONSUMER = "resolver"
 """What provenance names as the applier of a link made through :meth:`Resolver.link`."""
 """The change feed is ``<key prefix>changes`` unless named otherwise."""
-REFUSAL_MEMORY = 10_000
-"""Links refused as too deep that this process remembers (see Resolver.too_deep)."""
 
 Wanted = dict[str, set[str]]
 
@@ -87,9 +85,6 @@ class Resolver(Erasing):
         self.max_links_per_root_per_hour = max_links_per_root_per_hour
         """The rate rule's limit for tenants without their own (0: off)."""
         self.rules = rules if rules is not None else LinkRules()
-        self.too_deep = AliasCache(REFUSAL_MEMORY)
-        """prev -> user of links refused as too deep: the refusal is final (heights only
-        grow while prev stays a root), so the worker's planner predicts it next time."""
         self.tombstone_key = tombstone_key
         """STITCH_TOMBSTONE_KEY: needed by forget, and by link once a tenant has tombstones."""
         self.changes_key = changes_key or key_prefix + DEFAULT_CHANGES_NAME
@@ -208,8 +203,6 @@ class Resolver(Erasing):
         outcome = LinkOutcome(decode_id(reply[0]))
         if outcome is LinkOutcome.APPLIED:
             self.cache.put(tenant, previous_user_id, user_id)
-        elif outcome in (LinkOutcome.TOO_DEEP, LinkOutcome.QUARANTINED):
-            self.too_deep.put(tenant, previous_user_id, user_id)
         return outcome
 
     def drop_cache(self, tenants: Iterable[str] | None = None) -> None:
@@ -217,11 +210,9 @@ class Resolver(Erasing):
         another process (this one's unlink and forget call it themselves)."""
         if tenants is None:
             self.cache.clear()
-            self.too_deep.clear()
             return
         for tenant in tenants:
             self.cache.forget_tenant(tenant)
-            self.too_deep.forget_tenant(tenant)
 
 
 def _link_keys(key: str, heights: str, changes: str) -> list[str]:

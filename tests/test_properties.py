@@ -298,6 +298,18 @@ def check(
     forward=False,
     cap=2,
 )  # fmt: skip
+# two links of one prev refused as too deep in one batch: both remembered, not one in turn
+# (the planner once kept one refused target per prev and went stale until it gave up)
+@example(
+    ops=[
+        ("identify", "t2", "b", "a"), ("event", "t2", "a", ""), ("event", "t2", "c", ""),
+        ("event", "t2", "d", ""), ("identify", "t2", "c", "b"), ("identify", "t2", "d", "b"),
+    ],
+    replicas=1,
+    schedule=[(2, 0)],
+    forward=False,
+    cap=1,
+)  # fmt: skip
 def test_workers_match_the_model_on_fakeredis(
     ops: list[Op], replicas: int, schedule: Schedule, forward: bool, cap: int
 ) -> None:

@@ -20,7 +20,6 @@ from resolver.links import LinkOutcome, LinkRules
 from resolver.provenance import provenance_key, refusals_key
 from resolver.quarantine import protection_key, quarantine_key, sizes_key
 from resolver.removals import children_key, removals_key
-from resolver.resolver import REFUSAL_MEMORY
 
 from .generations import NEVER_REMOVED, Generations
 from .parser import Entry, Kind
@@ -36,6 +35,7 @@ EMIT_GUARDED, RESOLVE_GUARDED = b"E", b"R"
 LINK, LINK_EMIT = b"l", b"L"
 PLACEHOLDER, PLACEHOLDER_EMIT = b"p", b"P"
 APPLIES, REFUSED, UNKNOWN = b"1", b"0", b"?"
+REFUSAL_MEMORY = 10_000  # links refused for good that the planner remembers
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +170,8 @@ class Planner:
         self.cache = cache
         self.generations = Generations(tombstone_key)  # what each tenant's cache was built under
         self.too_deep = AliasCache(REFUSAL_MEMORY)
-        """prev -> user of links refused as too deep: final (heights only grow while prev
-        stays a root), so the next plan predicts the refusal instead of going stale again."""
+        """Links refused for good (too deep, held), by _refusal_key (a batch may refuse several
+        targets of one prev): the next plan predicts them instead of going stale again."""
         self.rules = rules
         self.command = command
         self.key_prefix = key_prefix
@@ -221,7 +221,7 @@ class Planner:
         self.forget({plan.links[n][0] for n in stale.links if n not in deep})
         for n in deep:
             tenant, prev, user = plan.links[n]
-            self.too_deep.put(tenant, prev, user)
+            self.too_deep.put(tenant, _refusal_key(prev, user), user)
 
     def forget(self, tenants: Iterable[str] | None = None) -> None:
         """Drop cached paths (of some tenants, or all): what Redis holds may have changed."""
@@ -295,7 +295,7 @@ class Planner:
             draft.assume(tenant, prev, UNRESOLVED)
         elif user_end == prev:
             expect = REFUSED  # would close a cycle
-        elif self.too_deep.get(tenant, prev) == user:
+        elif self.too_deep.get(tenant, _refusal_key(prev, user)) is not None:
             expect = REFUSED  # refused for good before (too deep, held: see learn_stale)
         else:
             expect = APPLIES
@@ -311,6 +311,10 @@ class Planner:
             draft.entries.extend((entry.id, LINK, 0, index, prev, user, expect, *macs))
         draft.links.append((tenant, prev, user))
         draft.link_entries.append(position)
+
+
+def _refusal_key(prev: str, user: str) -> str:
+    return f"{len(prev)}:{prev}{user}"
 
 
 def _guarded_event(draft: _Draft, entry: Entry, root: str | None, index: int, mac: str) -> None:
