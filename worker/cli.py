@@ -26,7 +26,7 @@ from .deadletters import DeadLetter
 from .errors import BadArgumentError, ConfigError, RedisUnavailableError
 from .explaining import explain as explain_id
 from .logs import configure_logging, get_logger
-from .ops import auditing, quarantining, removal, routing
+from .ops import auditing, moving, quarantining, removal, routing
 
 __all__ = ["build_parser", "dead_letters", "main", "settings_from"]
 
@@ -271,6 +271,8 @@ def _dispatch(settings: Settings, args: argparse.Namespace, base: Settings) -> i
         return auditing.audit(settings, args)
     if args.command == "route":
         return routing.route_command(settings, args)
+    if args.command == "move-tenant":
+        return moving.move_tenant(base, args)
     from .demo import run_demo  # imports fakeredis lazily: only the demo needs it
 
     return run_demo(settings, args.sample)

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..tenants import TENANT_RE
 from .dead_letters import MAX_VALUES, DeadLetterRecord, Outcome
 
-__all__ = ["MARKERS_NAME", "REDRIVE_TO_LUA", "ShardRedrive", "markers_key"]
+__all__ = ["MARKERS_NAME", "REDRIVE_TO_LUA", "ShardRedrive", "markers_key", "read_table"]
 
 MARKERS_NAME = ":redriven"
 """Beside a shard's alias maps: ``alias:{tag}::redriven``. No tenant's key can be named so
@@ -32,6 +32,14 @@ MARKERS_NAME = ":redriven"
 REDRIVE_TO_LUA = (
     f"local MAX_VALUES = {MAX_VALUES}\n" + CHECKS_LUA + load_lua("worker", "redrive_to.lua")
 )
+
+
+def read_table(client: redis.Redis, shards: int) -> dict[str, int]:
+    """The override table, every field of it (a move's too); a bad one is a ConfigError."""
+    try:
+        return parse_overrides(client.hgetall(OVERRIDES_KEY), shards)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def markers_key(own: Settings) -> str:
@@ -55,11 +63,7 @@ class ShardRedrive:
     @classmethod
     def read(cls, base: Settings, source: int) -> ShardRedrive:
         """With the override table as it is now (the shards tenants belong to today)."""
-        table = connect(base, route_key=OVERRIDES_KEY).hgetall(OVERRIDES_KEY)
-        try:
-            return cls(base, source, parse_overrides(table, base.shards))  # type: ignore[arg-type]
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        return cls(base, source, read_table(connect(base, route_key=OVERRIDES_KEY), base.shards))
 
     def target(self, record: DeadLetterRecord) -> int:
         """The shard of the letter's tenant; its own shard for a letter without a valid one."""
