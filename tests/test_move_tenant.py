@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -38,24 +39,27 @@ SOURCE = route(TENANT, SHARDS).shard
 TARGET = (SOURCE + 3) % SHARDS
 
 
-def entries(count: int) -> list[tuple[str, dict[str, Any]]]:
+def entries(
+    count: int, tenant: str = TENANT, other: str = OTHER
+) -> list[tuple[str, dict[str, Any]]]:
     """Per step: an anonymous event, the identify that links it, an event of the user; and
     an event of another tenant. Links never compete, so the map is the same in any order."""
     out: list[tuple[str, dict[str, Any]]] = []
     for n in range(count):
-        out.append((TENANT, event(f"anon-{n}", seq=f"b{n}a")))
-        out.append((TENANT, identify(f"user-{n % 7}", f"anon-{n}")))
-        out.append((TENANT, event(f"anon-{n}", seq=f"b{n}b")))
-        out.append((OTHER, event(f"x-{n}", seq=f"o{n}")))
+        out.append((tenant, event(f"anon-{n}", seq=f"b{n}a")))
+        out.append((tenant, identify(f"user-{n % 7}", f"anon-{n}")))
+        out.append((tenant, event(f"anon-{n}", seq=f"b{n}b")))
+        out.append((other, event(f"x-{n}", seq=f"o{n}")))
     return out
 
 
-def produce(client: redis.Redis, base: Any, todo: list[tuple[str, Any]]) -> None:
+def produce(client: Any, base: Any, todo: list[tuple[str, Any]], pause_s: float = 0) -> None:
     """A producer re-reading the table before each entry (as one would every 10 s)."""
     for tenant, payload in todo:
-        table = parse_overrides(client.hgetall(OVERRIDES_KEY), SHARDS)  # type: ignore[arg-type]
+        table = parse_overrides(client.hgetall(OVERRIDES_KEY), SHARDS)
         stream = route(tenant, base.shards, table, base).keys.input_stream
         client.xadd(stream, {"tenant": tenant, "event": json.dumps(payload)})
+        time.sleep(pause_s)
 
 
 def emitted_seqs(client: redis.Redis, base: Any) -> list[str]:
