@@ -158,5 +158,8 @@ def test_a_move_refuses_a_target_with_data_and_a_dry_run_changes_nothing(
     assert "is being moved to shard" in capsys.readouterr().err
     assert main(["move-tenant", "--tenant", TENANT, "--to", str(SOURCE)]) == 2
     assert "finish that move first" in capsys.readouterr().err
-    assert MOVED_PREFIX not in str(client.hgetall(OVERRIDES_KEY))
+    client.hdel(OVERRIDES_KEY, MOVING_PREFIX + TENANT)  # switched, old keys not yet deleted
+    client.hset(OVERRIDES_KEY, mapping={TENANT: TARGET, MOVED_PREFIX + TENANT: SOURCE})
+    assert main(["move-tenant", "--tenant", TENANT, "--to", str(SOURCE)]) == 2
+    assert f"being moved to shard {TARGET}: finish that move first" in capsys.readouterr().err
     assert moving.SETTLE_S == 30.0

@@ -85,6 +85,8 @@ class TenantMove:
     def run(self, wait_s: float) -> None:
         table = self.read_table()
         moving = table.get(MOVING_PREFIX + self.tenant)
+        if MOVED_PREFIX + self.tenant in table and moving is None:
+            moving = table_shard(self.tenant, self.base.shards, table)  # switched already
         if moving is not None and moving != self.target:
             raise BadArgumentError(
                 f"move-tenant: {self.tenant!r} is being moved to shard {moving}: finish that "
