@@ -64,7 +64,7 @@ ROUTE_EXAMPLE = f"""examples:
 route prints each tenant's shard and keys (the override table {OVERRIDES_KEY} first, else
 CRC-32 of the name mod STITCH_SHARDS). route set places a tenant that has no data yet (no
 alias hash, no entry waiting on its current shard's input stream); a tenant with data is
-moved with the cut-over in README.md (Scaling past one Redis). Workers pick the change up
+moved with move-tenant (README.md: Scaling past one Redis). Workers pick the change up
 within their override refresh (10 s). Exit codes: 0 done, 2 bad configuration or argument
 (a tenant with data included), 3 Redis unreachable."""
 
@@ -200,8 +200,8 @@ def _refuse_if_data(settings: Settings, where: Route, what: str) -> None:
     if found:
         raise BadArgumentError(
             f"route set: tenant {where.tenant!r} has {found} on shard {where.shard}"
-            f"{' (' + what + ')' if what else ''}; move it with the cut-over in README.md "
-            "(Scaling past one Redis: Moving one tenant)"
+            f"{' (' + what + ')' if what else ''}; move it with lehnz-stitch move-tenant "
+            "(README.md, Scaling past one Redis: Moving one tenant)"
         )
 
 
