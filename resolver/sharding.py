@@ -19,6 +19,8 @@ __all__ = [
     "CLUSTER_SLOTS",
     "DEFAULT_KEYS",
     "MAX_SHARDS",
+    "MOVED_PREFIX",
+    "MOVING_PREFIX",
     "OVERRIDES_KEY",
     "Route",
     "ShardKeys",
@@ -29,6 +31,7 @@ __all__ = [
     "shard_keys",
     "shard_of",
     "shard_tag",
+    "workers_view",
 ]
 
 CLUSTER_SLOTS = 16_384
@@ -36,6 +39,13 @@ MAX_SHARDS = 1_024
 """Each shard's tag must find a slot in its 1/N-th of the slot range: 16 slots at least."""
 OVERRIDES_KEY = "stitch:shards"
 """The override table: a hash, tenant -> shard number, read by ``route`` and the worker."""
+MOVING_PREFIX = "moving:"
+"""``moving:<tenant>`` -> the shard a tenant is being moved to (``lehnz-stitch move-tenant``):
+the workers take it for the tenant's shard at once (:func:`workers_view`), producers keep
+writing to the old one (the field is no tenant: ``route`` never looks it up)."""
+MOVED_PREFIX = "moved:"
+"""``moved:<tenant>`` -> the shard a move copied the tenant's keys from, until they are
+deleted there: a move run again after a crash knows where it stood."""
 CHANGES_NAME = "changes"
 _MAX_CANDIDATES = 1_000_000
 
@@ -187,6 +197,15 @@ def parse_overrides(
             )
         parsed[tenant] = int(text)
     return parsed
+
+
+def workers_view(overrides: Mapping[str, int]) -> dict[str, int]:
+    """The table as the workers read it: a tenant being moved is its target shard's."""
+    view = {t: s for t, s in overrides.items() if not t.startswith((MOVING_PREFIX, MOVED_PREFIX))}
+    for field, shard in overrides.items():
+        if field.startswith(MOVING_PREFIX):
+            view[field.removeprefix(MOVING_PREFIX)] = shard
+    return view
 
 
 def parse_subset(text: str, shards: int) -> tuple[int, ...]:

@@ -18,6 +18,7 @@ import redis
 
 from resolver.scripts import AUDIT_LUA, LINK_RULES_LUA, UNLINK_LUA
 from tests.helpers import DEAD, INPUT, OUTPUT
+from worker.ops.shard_redrive import REDRIVE_TO_LUA
 from worker.scripts import COMMIT_LUA
 
 pytestmark = pytest.mark.redis_server
@@ -438,3 +439,35 @@ def test_unlink_refused_whole_when_the_feed_is_out_of_ids(real_redis: redis.Redi
             keys=keys, args=["anon", "0", "op-1", "", "acme", 100, "0"]
         )
     assert _snapshot(real_redis) == before
+
+
+REDRIVEN, TARGET = "alias:{s1.3}::redriven", "events:{s1.3}"
+REDRIVE_TO_FAULTS = [
+    ("XADD", lambda c: c.set(TARGET, "x"), ["1/1-0", "tenant", "acme"], "WRONGTYPE"),
+    ("XADD", lambda c: c.xadd(TARGET, {"f": "v"}, id=LAST_ID), ["1/1-0", "a", "b"], "last"),
+    ("XADD", lambda c: None, ["1/1-0", "tenant"], "name/value pairs"),
+    ("XADD", lambda c: None, ["1/1-0", *["v"] * 8_000], "name/value pairs"),
+    ("HSET", lambda c: c.set(REDRIVEN, "x"), ["1/1-0", "tenant", "acme"], "WRONGTYPE"),
+]
+
+
+@pytest.mark.parametrize(("write", "fault", "args", "message"), REDRIVE_TO_FAULTS)
+def test_a_cross_shard_redrive_is_refused_before_its_first_write(
+    real_redis: redis.Redis,
+    write: str,
+    fault: Callable[[redis.Redis], object],
+    args: list[str],
+    message: str,
+) -> None:
+    """redrive_to.lua adds the copy and its marker together or not at all."""
+    fault(real_redis)
+    before = _snapshot(real_redis)
+    with pytest.raises(redis.ResponseError, match=message):
+        real_redis.register_script(REDRIVE_TO_LUA)(keys=[TARGET, REDRIVEN], args=args)
+    assert _snapshot(real_redis) == before
+    assert write in _writes(REDRIVE_TO_LUA)
+
+
+def test_every_write_of_redrive_to_lua_has_a_fault_case() -> None:
+    """A new write command in redrive_to.lua needs a case above."""
+    assert set(_writes(REDRIVE_TO_LUA)) == {write for write, _, _, _ in REDRIVE_TO_FAULTS}

@@ -237,7 +237,7 @@ def test_tenant_commands_and_status_find_a_sharded_tenant(
     assert out.err.count("== shard ") == SHARDS
     assert main(["status", "--json"]) == 0
     readings = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(readings) == SHARDS
+    assert [reading["shard"] for reading in readings] == list(range(SHARDS))
     assert main(["status", "--watch", "1"]) == 2
     assert "status --watch reads one shard" in capsys.readouterr().err
 

@@ -19,6 +19,7 @@ from resolver.sharding import (
     shard_keys,
     shard_of,
     shard_tag,
+    workers_view,
 )
 from worker.acl import worker_rules
 from worker.config import Settings
@@ -228,3 +229,12 @@ def test_the_process_is_live_and_ready_only_while_every_shard_is() -> None:
     shards[0].in_outage = True
     assert health.live
     assert not health.ready
+
+
+def test_the_workers_take_a_tenant_being_moved_for_its_targets_and_producers_do_not() -> None:
+    """move-tenant's fence: ``moving:T`` places T for the workers only; ``moved:T`` is
+    bookkeeping that places nothing."""
+    table = {"acme": 1, "moving:acme": 5, "moved:globex": 2, "globex": 3}
+    assert workers_view(table) == {"acme": 5, "globex": 3}
+    assert shard_of("acme", 8, table) == 1  # a producer keeps writing to the old shard
+    assert shard_of("acme", 8, workers_view(table)) == 5

@@ -121,6 +121,10 @@ ADMIN_COMMANDS = (
     "+zcard",
     "+zrem",
     "+hincrby",
+    # move-tenant copies a tenant's keys to another shard, whatever their type, TTL kept
+    "+dump",
+    "+restore",
+    "+pttl",
 )
 """What operators and the governance commands need on top of the worker's rights."""
 

@@ -26,7 +26,7 @@ from .deadletters import DeadLetter
 from .errors import BadArgumentError, ConfigError, RedisUnavailableError
 from .explaining import explain as explain_id
 from .logs import configure_logging, get_logger
-from .ops import auditing, quarantining, removal, routing
+from .ops import auditing, moving, quarantining, removal, routing
 
 __all__ = ["build_parser", "dead_letters", "main", "settings_from"]
 
@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     configure_logging(settings.log_level, settings.log_format)
     try:
-        return routing.for_command(settings, args, lambda own: _dispatch(own, args))
+        return routing.for_command(settings, args, lambda own: _dispatch(own, args, settings))
     except RedisUnavailableError as exc:
         get_logger().error("giving up", error=str(exc))
         return EXIT_REDIS
@@ -240,8 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
 
 
-def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
-    """The command, with the key names it needs (one shard's when STITCH_SHARDS > 1)."""
+def _dispatch(settings: Settings, args: argparse.Namespace, base: Settings) -> int:
+    """The command, with the key names it needs (one shard's when STITCH_SHARDS > 1;
+    ``base``: the unsharded ones)."""
     if args.command == "run":
         return run(settings, drain=args.drain)
     if args.command == "resolve":
@@ -255,7 +256,7 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "status":
         return ops.status(settings, as_json=args.json, watch=args.watch)
     if args.command == "dead-letters":
-        return dead_letters(settings, args)
+        return dead_letters(settings, args, base)
     if args.command == "export":
         return ops.export_map(settings, tenant=args.tenant, fmt=args.format, output=args.output)
     if args.command == "import":
@@ -270,18 +271,22 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
         return auditing.audit(settings, args)
     if args.command == "route":
         return routing.route_command(settings, args)
+    if args.command == "move-tenant":
+        return moving.move_tenant(base, args)
     from .demo import run_demo  # imports fakeredis lazily: only the demo needs it
 
     return run_demo(settings, args.sample)
 
 
-def dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+def dead_letters(settings: Settings, args: argparse.Namespace, base: Settings) -> int:
     if args.action == "list":
         return ops.list_dead_letters(
             settings, code=args.code, tenant=args.tenant, as_json=args.json, limit=args.limit
         )
     if args.action == "redrive":
-        return ops.redrive(settings, code=args.code, tenant=args.tenant, dry_run=args.dry_run)
+        return ops.redrive(
+            settings, code=args.code, tenant=args.tenant, dry_run=args.dry_run, base=base
+        )
     return ops.purge(settings, before=args.before, code=args.code, dry_run=args.dry_run)
 
 

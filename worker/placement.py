@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from resolver.sharding import OVERRIDES_KEY, parse_overrides, shard_of
+from resolver.sharding import OVERRIDES_KEY, parse_overrides, shard_of, workers_view
 
 from .config import Settings
 from .errors import ConfigError
@@ -23,7 +23,8 @@ OVERRIDES_REFRESH_S = 10.0
 
 
 class Overrides:
-    """The override table (tenant -> shard) shared by every shard worker of the process.
+    """The override table (tenant -> shard) shared by every shard worker of the process, as
+    the workers see it (a tenant being moved is already its target's: ``workers_view``).
 
     ``table`` is swapped whole, never changed in place, so readers in other threads see the
     old table or the new one; ``version`` grows with each change, so a worker knows when to
@@ -48,14 +49,14 @@ class Overrides:
         nothing: dict[bytes, bytes] = {}
         table = Reconnector(give_up_s, stop, hooks, self._log).run(self._read, when_stopped=nothing)
         try:
-            self._swap(parse_overrides(table, self._shards))
+            self._swap(workers_view(parse_overrides(table, self._shards)))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
     def refresh(self) -> None:
         """Read the table again; keep the last good one if Redis fails or the table is bad."""
         try:
-            table = parse_overrides(self._read(), self._shards)
+            table = workers_view(parse_overrides(self._read(), self._shards))
         except (redis.RedisError, OSError, ValueError) as exc:
             self._log.warning("override table not re-read; keeping the last", error=str(exc))
             return

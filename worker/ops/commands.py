@@ -24,6 +24,7 @@ from ..connection import connect, redact
 from ..errors import ConfigError, RedisUnavailableError
 from ..stream import command
 from .dead_letters import DeadLetterRecord, DeadLetters, Outcome, Payload, is_entry_id
+from .shard_redrive import ShardRedrive
 from .status import DeadLetterCounts, read_status
 from .status_view import render_status
 from .terminal import Progress, capture_interrupt, table
@@ -128,31 +129,81 @@ def _list_line(record: DeadLetterRecord) -> str:
     )
 
 
-def redrive(settings: Settings, *, code: str | None, tenant: str | None, dry_run: bool) -> int:
+def redrive(
+    settings: Settings,
+    *,
+    code: str | None,
+    tenant: str | None,
+    dry_run: bool,
+    base: Settings | None = None,
+) -> int:
+    """``base``: the unsharded settings, with STITCH_SHARDS > 1 (``settings`` are one
+    shard's): each letter then goes to its tenant's shard (shard_redrive.py)."""
     client = connect(settings)
     tally: Counter[tuple[str, Outcome]] = Counter()
+    elsewhere: Counter[str] = Counter()
     interrupted = False
     with redis_errors(settings), capture_interrupt() as stop:
         dead_letters = DeadLetters(client, settings)
+        mover = _mover(settings, base, dry_run)
         total = int(command(client, "XLEN", settings.dead_stream))
         progress = Progress("dry run" if dry_run else "re-drive", total)
         done_word = "to re-drive" if dry_run else "re-driven"
         for scanned, records in dead_letters.pages(code=code, tenant=tenant):
-            if dry_run:
-                tally.update((r.error_code, r.expected()) for r in records)
-            elif records:
-                done = dead_letters.redrive([r.id for r in records])
-                tally.update((r.error_code, o) for r, (o, _) in zip(records, done, strict=True))
+            for target, part in _by_target(mover, records):
+                outcomes = _redrive_part(dead_letters, mover, target, part, dry_run)
+                tally.update((r.error_code, o) for r, o in zip(part, outcomes, strict=True))
+                if mover is not None and target != mover.source:
+                    elsewhere[mover.input_stream(target)] += outcomes.count(Outcome.REDRIVEN)
             progress.advance(scanned, f"{_redriven(tally):,} {done_word}")
             if stop.is_set():
                 interrupted = True
                 break
         progress.finish(f"{_redriven(tally):,} {done_word}")
     print(_redrive_summary(settings, tally, dry_run, code, tenant))
+    for stream, n in sorted(elsewhere.items()):
+        print(f"  {n:,} of them onto {stream}, their tenant's shard now")
     if interrupted:
         print("interrupted: what was re-driven stays so; run again to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def _mover(settings: Settings, base: Settings | None, dry_run: bool) -> ShardRedrive | None:
+    """With STITCH_SHARDS > 1: the routing of letters, after finishing an interrupted run."""
+    if base is None or base.shards == 1:
+        return None
+    mover = ShardRedrive.read(base, settings.shard_numbers[0])
+    if not dry_run:
+        finished = mover.finish_interrupted()
+        if finished:
+            print(f"finished {finished:,} re-drives an interrupted run left", file=sys.stderr)
+    return mover
+
+
+def _by_target(
+    mover: ShardRedrive | None, records: list[DeadLetterRecord]
+) -> list[tuple[int, list[DeadLetterRecord]]]:
+    if mover is None:
+        return [(0, records)] if records else []
+    parts: dict[int, list[DeadLetterRecord]] = {}
+    for record in records:
+        parts.setdefault(mover.target(record), []).append(record)
+    return sorted(parts.items())
+
+
+def _redrive_part(
+    dead_letters: DeadLetters,
+    mover: ShardRedrive | None,
+    target: int,
+    records: list[DeadLetterRecord],
+    dry_run: bool,
+) -> list[Outcome]:
+    if dry_run:
+        return [r.expected() for r in records]
+    if mover is None or target == mover.source:
+        return [outcome for outcome, _ in dead_letters.redrive([r.id for r in records])]
+    return mover.redrive(target, records)
 
 
 def _redrive_summary(

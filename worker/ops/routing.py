@@ -13,15 +13,23 @@ from typing import Any
 import redis
 
 from resolver.heights import _glob_escape
-from resolver.sharding import OVERRIDES_KEY, Route, parse_overrides, route
+from resolver.sharding import (
+    MOVED_PREFIX,
+    MOVING_PREFIX,
+    OVERRIDES_KEY,
+    Route,
+    route,
+)
 from resolver.sharding import shard_of as hashed_shard
 
 from ..acl import ADMIN_USER
 from ..config import Settings, env_name
 from ..connection import connect
-from ..errors import BadArgumentError, ConfigError
+from ..errors import BadArgumentError
 from ..explaining import check_tenant
 from .commands import redis_errors
+from .moving import SETTLE_S
+from .shard_redrive import read_table
 
 __all__ = ["TENANT_COMMANDS", "for_command", "route_command", "route_commands"]
 
@@ -38,6 +46,16 @@ TENANT_COMMANDS = (
 """Commands about one tenant: they run against its shard's keys."""
 EACH_SHARD_COMMANDS = ("status", "dead-letters")
 PAGE = 1_000
+MOVE_EXAMPLE = f"""example:
+  STITCH_REDIS_URL=redis://{ADMIN_USER}:PASSWORD@redis:6379/0 STITCH_SHARDS=8 \\
+    lehnz-stitch move-tenant --tenant bigco --to 5
+
+Fences the tenant (the workers take it for the target's; its entries on the old shard are
+dead-lettered as wrong_shard), waits for the table refreshes and its pending entries, copies
+its keys (DUMP, RESTORE), re-drives its dead letters to the target, switches the producers,
+re-drives what they wrote meanwhile and deletes the old keys. Run it again after a crash: it
+carries on where it stood. Exit codes: 0 done, 2 bad configuration or argument (or pending
+entries past --wait), 3 Redis unreachable."""
 ROUTE_EXAMPLE = f"""examples:
   STITCH_SHARDS=8 lehnz-stitch route --tenant acme --tenant globex --json
   STITCH_REDIS_URL=redis://{ADMIN_USER}:PASSWORD@redis:6379/0 STITCH_SHARDS=8 \\
@@ -46,7 +64,7 @@ ROUTE_EXAMPLE = f"""examples:
 route prints each tenant's shard and keys (the override table {OVERRIDES_KEY} first, else
 CRC-32 of the name mod STITCH_SHARDS). route set places a tenant that has no data yet (no
 alias hash, no entry waiting on its current shard's input stream); a tenant with data is
-moved with the cut-over in README.md (Scaling past one Redis). Workers pick the change up
+moved with move-tenant (README.md: Scaling past one Redis). Workers pick the change up
 within their override refresh (10 s). Exit codes: 0 done, 2 bad configuration or argument
 (a tenant with data included), 3 Redis unreachable."""
 
@@ -65,7 +83,26 @@ def route_commands(commands: Any) -> list[argparse.ArgumentParser]:
     parser.add_argument("--json", action="store_true", help="one JSON object, for tools")
     parser.usage = "lehnz-stitch route [set] --tenant T [--tenant T2 ...] [--shard S] [--json] "
     parser.usage += "[--SETTING VALUE ...]"
-    return [parser]
+    return [parser, _move_command(commands)]
+
+
+def _move_command(commands: Any) -> argparse.ArgumentParser:
+    move: argparse.ArgumentParser = commands.add_parser(
+        "move-tenant",
+        help="move a tenant that has data to another shard, while the workers run",
+        description="Move a tenant that has data to another shard (fenced cut-over).",
+        epilog=MOVE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    move.add_argument("--tenant", required=True)
+    move.add_argument("--to", type=int, required=True, metavar="SHARD")
+    move.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    move.add_argument("--settle", type=float, default=SETTLE_S, metavar="SECONDS",
+                      help=f"wait for table refreshes (default {SETTLE_S:g})")  # fmt: skip
+    move.add_argument("--wait", type=float, default=300.0, metavar="SECONDS",
+                      help="give up waiting for pending entries (default 300)")  # fmt: skip
+    move.usage = "lehnz-stitch move-tenant --tenant T --to SHARD [--dry-run] [--SETTING VALUE ...]"
+    return move
 
 
 def for_command(
@@ -83,17 +120,18 @@ def for_command(
 
 
 def tenant_settings(settings: Settings, tenant: str) -> Settings:
-    return settings.for_shard(hashed_shard(tenant, settings.shards, read_overrides(settings)))
+    overrides = read_overrides(settings)
+    if MOVING_PREFIX + tenant in overrides:
+        raise BadArgumentError(
+            f"tenant {tenant!r} is being moved to shard {overrides[MOVING_PREFIX + tenant]}: "
+            "run this once move-tenant has finished"
+        )
+    return settings.for_shard(hashed_shard(tenant, settings.shards, overrides))
 
 
 def read_overrides(settings: Settings) -> dict[str, int]:
-    client = connect(settings, route_key=OVERRIDES_KEY)
     with redis_errors(settings):
-        table = client.hgetall(OVERRIDES_KEY)
-    try:
-        return parse_overrides(table, settings.shards)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        return read_table(connect(settings, route_key=OVERRIDES_KEY), settings.shards)
 
 
 def _each_shard(
@@ -138,7 +176,10 @@ def _place(settings: Settings, args: argparse.Namespace) -> int:
     tenant, shard = args.tenant[0], args.shard
     if not 0 <= shard < settings.shards:
         raise BadArgumentError(f"--shard {shard}: not within 0..{settings.shards - 1}")
-    current = route(tenant, settings.shards, read_overrides(settings), settings)
+    overrides = read_overrides(settings)
+    if MOVING_PREFIX + tenant in overrides or MOVED_PREFIX + tenant in overrides:
+        raise BadArgumentError(f"route set: tenant {tenant!r} is being moved (move-tenant)")
+    current = route(tenant, settings.shards, overrides, settings)
     if current.shard != shard:
         _refuse_if_data(settings, current, "its current shard")
         _refuse_if_data(settings, route(tenant, settings.shards, {tenant: shard}, settings), "")
@@ -159,8 +200,8 @@ def _refuse_if_data(settings: Settings, where: Route, what: str) -> None:
     if found:
         raise BadArgumentError(
             f"route set: tenant {where.tenant!r} has {found} on shard {where.shard}"
-            f"{' (' + what + ')' if what else ''}; move it with the cut-over in README.md "
-            "(Scaling past one Redis: Moving one tenant)"
+            f"{' (' + what + ')' if what else ''}; move it with lehnz-stitch move-tenant "
+            "(README.md, Scaling past one Redis: Moving one tenant)"
         )
 
 

@@ -65,6 +65,8 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     """The ``status --json`` object; its keys are documented in the README."""
 
     at: str
+    shard: int
+    """The shard read (STITCH_SHARDS > 1: one object per shard); 0 with one shard."""
     input: StreamState
     output: StreamState
     dead: StreamState
@@ -119,6 +121,7 @@ def read_status(
     last = max((entry_time(i) for i in commits), default=None)
     return Status(
         at=datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+        shard=settings.shard_numbers[0],
         input=streams[settings.input_stream],
         output=streams[settings.output_stream],
         dead=dead,
