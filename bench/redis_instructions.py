@@ -10,7 +10,6 @@ the commands each checkout sent per 1k events (INFO commandstats).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -23,8 +22,8 @@ from typing import Any
 
 import redis
 
-from .datagen import DataSet, generate, load
-from .instructions import ROOT, TOTAL_RE
+from .datagen import DataSet, load
+from .instructions import TOTAL_RE, compared
 from .redis_server import free_port
 from .throughput import INPUT, reset, worker_env
 
@@ -84,17 +83,10 @@ def measure(checkout: Path, data: DataSet) -> tuple[float, dict[str, int]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.redis_instructions", description=__doc__)
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--baseline", type=Path, help="another checkout to compare with")
-    args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("redis-server") is None:
         print("valgrind and redis-server must be on PATH", file=sys.stderr)
         return 2
-    data = generate(args.events)
-    checkouts = [("this checkout", ROOT)]
-    if args.baseline is not None:
-        checkouts.insert(0, ("baseline " + str(args.baseline), args.baseline.resolve()))
+    data, checkouts = compared("python -m bench.redis_instructions", __doc__, argv)
     results = [(label, *measure(checkout, data)) for label, checkout in checkouts]
     print(f"Redis instructions per event (callgrind, {len(data):,} entries: {data.describe()})")
     for label, value, _ in results:
