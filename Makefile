@@ -8,7 +8,7 @@ MIN_VENV := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
 FAST := not slow and not redis_server and not prometheus
 
-.PHONY: install demo run test test-fast test-valkey test-min lint bench bench-quick bench-instructions fuzz clean
+.PHONY: install demo run test test-fast test-valkey test-min lint bench bench-quick bench-instructions bench-redis-instructions fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,9 @@ bench-quick: $(STAMP)
 BASELINE ?=
 bench-instructions: $(STAMP)  ## worker instructions per event under callgrind (BASELINE=dir of another checkout)
 	$(PY) -m bench.instructions $(if $(BASELINE),--baseline $(BASELINE))
+
+bench-redis-instructions: $(STAMP)  ## Redis instructions per event under callgrind (BASELINE=dir of another checkout)
+	$(PY) -m bench.redis_instructions $(if $(BASELINE),--baseline $(BASELINE))
 
 FUZZ_SECONDS ?= 60
 FUZZ_STAMP := $(VENV)/.fuzz-installed

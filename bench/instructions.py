@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .datagen import generate, load
+from .datagen import DataSet, generate, load
 from .redis_server import RedisServer
 from .throughput import INPUT, reset, worker_env
 
@@ -54,18 +54,25 @@ def per_event(checkout: Path, server: RedisServer, entries: list[dict[bytes, byt
     return (busy - idle) / len(entries)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
+def compared(
+    prog: str, description: str | None, argv: Sequence[str] | None
+) -> tuple[DataSet, list[tuple[str, Path]]]:
+    """The data set and the checkouts (baseline first) the command line asks to compare."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--baseline", type=Path, help="another checkout to compare with")
     args = parser.parse_args(argv)
-    if shutil.which("valgrind") is None:
-        print("valgrind is not on PATH (Debian: apt-get install valgrind)", file=sys.stderr)
-        return 2
-    data = generate(args.events)
     checkouts = [("this checkout", ROOT)]
     if args.baseline is not None:
         checkouts.insert(0, ("baseline " + str(args.baseline), args.baseline.resolve()))
+    return generate(args.events), checkouts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if shutil.which("valgrind") is None:
+        print("valgrind is not on PATH (Debian: apt-get install valgrind)", file=sys.stderr)
+        return 2
+    data, checkouts = compared("python -m bench.instructions", __doc__, argv)
     results = []
     with RedisServer(cpu=None) as server:
         for label, checkout in checkouts:
